@@ -1,0 +1,155 @@
+"""Typed configuration: per-request video parameters (diffusers' names) and the engine config."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from svdpipe.errors import InvalidRequestError
+
+if TYPE_CHECKING:
+    from svdpipe.models import ModelSpec
+
+Dtype = Literal["fp32", "fp16", "bf16"]
+Transport = Literal["auto", "nccl", "cuda_ipc", "gloo", "object_store"]
+PlacementStrategy = Literal["STRICT_PACK", "PACK", "SPREAD", "STRICT_SPREAD"]
+OutputFormat = Literal["mp4", "webm", "gif", "npy"]
+
+
+class VideoParams(BaseModel):
+    """One image-to-video request's knobs, named and defaulted as in diffusers' StableVideoDiffusionPipeline.
+
+    `None` means "the model's default" (height/width from the UNet sample size, num_frames from the UNet
+    config, decode_chunk_size = num_frames), exactly as diffusers resolves them.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    height: int | None = Field(None, ge=8, le=4096, description="Output height in pixels.")
+    width: int | None = Field(None, ge=8, le=4096, description="Output width in pixels.")
+    num_frames: int | None = Field(None, ge=1, le=256, description="Frames to generate.")
+    num_inference_steps: int = Field(25, ge=1, le=1000, description="Denoising steps.")
+    min_guidance_scale: float = Field(1.0, ge=0.0, le=100.0, description="Guidance on the first frame.")
+    max_guidance_scale: float = Field(3.0, ge=0.0, le=100.0, description="Guidance on the last frame.")
+    fps: int = Field(7, ge=1, le=240, description="Frames per second; SVD is conditioned on fps - 1.")
+    motion_bucket_id: int = Field(127, ge=0, le=1023, description="Amount of motion (higher moves more).")
+    noise_aug_strength: float = Field(0.02, ge=0.0, le=10.0, description="Noise added to the input image.")
+    decode_chunk_size: int | None = Field(None, ge=1, le=256, description="Frames decoded at once by the VAE.")
+    seed: int | None = Field(
+        None, ge=0, lt=2**63, description="Same meaning as diffusers' torch.Generator('cpu').manual_seed(seed)."
+    )
+
+    @model_validator(mode="after")
+    def _guidance_order(self) -> VideoParams:
+        if self.min_guidance_scale > self.max_guidance_scale:
+            raise ValueError(
+                f"min_guidance_scale ({self.min_guidance_scale}) must not exceed "
+                f"max_guidance_scale ({self.max_guidance_scale})"
+            )
+        return self
+
+
+class EngineConfig(BaseModel):
+    """Everything that shapes a deployment; frozen, and sent whole to every actor."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: str = Field("tiny", description="'tiny', 'random-full', 'random-full-xt', a local directory or hub id.")
+    dtype: Dtype = Field("fp32", description="Weight and activation dtype of every stage.")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="Where stages run; 'auto' is cuda when the actor has a GPU, else cpu."
+    )
+    num_stages: int = Field(3, ge=1, le=64, description="Denoise stages (actors), each owning a step range.")
+    transport: Transport = Field("auto", description="How latents move between stages.")
+    num_gpus_per_actor: float = Field(
+        0.0, ge=0.0, le=8.0, description="GPUs per actor: 1, a fraction to share a GPU, 0 for CPU actors."
+    )
+    num_cpus_per_actor: float = Field(0.1, gt=0.0, le=64.0, description="CPUs reserved per actor.")
+    placement_strategy: PlacementStrategy = Field("STRICT_PACK", description="Placement-group strategy.")
+    colocate_codec: bool = Field(
+        False, description="Run the encoder in the first denoise actor and the decoder in the last."
+    )
+    max_inflight: int = Field(16, ge=1, le=4096, description="Requests admitted into the pipeline at once.")
+    request_timeout_s: float = Field(600.0, gt=0.0, description="Per-request limit, from admission.")
+    max_retries: int = Field(1, ge=0, le=5, description="Restarts from the first stage after a stage failure.")
+    step_weights: tuple[float, ...] | None = Field(
+        None, description="Relative per-step costs for balancing step ranges (None: equal)."
+    )
+    simulate_step_ms: float | None = Field(
+        None, ge=0.0, description="Replace each UNet call by a CPU-free wait of this length (benchmarks)."
+    )
+    torch_threads: int | None = Field(
+        None, ge=1, le=256, description="torch intra-op threads per actor (None: torch's default)."
+    )
+    compile_unet: bool = Field(False, description="torch.compile the UNet (GPU path).")
+    channels_last: bool = Field(False, description="Use channels_last memory format for the UNet.")
+    namespace: str = Field("svdpipe", min_length=1, description="Ray namespace of the stage actors.")
+    name_prefix: str = Field("svdpipe", min_length=1, description="Actor names are <prefix>-<role>-<i>.")
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> EngineConfig:
+        if self.transport in ("nccl", "cuda_ipc") and self.num_gpus_per_actor == 0:
+            raise ValueError(f"transport {self.transport!r} needs GPU actors (set num_gpus_per_actor > 0)")
+        if self.transport == "nccl" and 0 < self.num_gpus_per_actor < 1:
+            raise ValueError(
+                "transport 'nccl' needs one GPU per actor; actors sharing a GPU use 'cuda_ipc' (or 'auto')"
+            )
+        if self.device == "cuda" and self.num_gpus_per_actor == 0:
+            raise ValueError("device 'cuda' needs num_gpus_per_actor > 0")
+        if self.step_weights is not None and any(w <= 0 for w in self.step_weights):
+            raise ValueError("step_weights must all be positive")
+        return self
+
+
+class ResolvedParams(BaseModel):
+    """VideoParams with every model default filled in and checked against the model; what stages use."""
+
+    model_config = ConfigDict(frozen=True)
+
+    height: int
+    width: int
+    num_frames: int
+    num_inference_steps: int
+    min_guidance_scale: float
+    max_guidance_scale: float
+    fps: int
+    motion_bucket_id: int
+    noise_aug_strength: float
+    decode_chunk_size: int
+    seed: int
+
+    @property
+    def do_classifier_free_guidance(self) -> bool:
+        # diffusers decides from max_guidance_scale > 1 before it builds the per-frame scales.
+        return self.max_guidance_scale > 1
+
+
+def resolve_params(params: VideoParams, spec: ModelSpec, num_stages: int = 1) -> ResolvedParams:
+    """Fill model defaults, pick a random seed if none, and check what depends on the model."""
+    import secrets
+
+    height = params.height if params.height is not None else spec.default_height
+    width = params.width if params.width is not None else spec.default_width
+    m = spec.size_multiple
+    if height % m or width % m:
+        raise InvalidRequestError(
+            f"height and width must be multiples of {m} for this model (its VAE downsamples {m}x); got "
+            f"{height}x{width}. Nearest valid: "
+            f"{max(m, round(height / m) * m)}x{max(m, round(width / m) * m)}"
+        )
+    if params.num_inference_steps < num_stages:
+        raise InvalidRequestError(
+            f"num_inference_steps ({params.num_inference_steps}) must be at least the number of denoise "
+            f"stages ({num_stages}): every stage runs at least one step"
+        )
+    num_frames = params.num_frames if params.num_frames is not None else spec.default_num_frames
+    values = params.model_dump()
+    values.update(
+        height=height,
+        width=width,
+        num_frames=num_frames,
+        decode_chunk_size=params.decode_chunk_size or num_frames,
+        seed=params.seed if params.seed is not None else secrets.randbelow(2**63),
+    )
+    return ResolvedParams(**values)

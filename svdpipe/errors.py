@@ -1,0 +1,33 @@
+"""Errors svdpipe raises for problems a user can fix; the CLI and HTTP layer show their message, not a traceback."""
+
+
+class SvdpipeError(Exception):
+    """Base class: the message is meant for the user."""
+
+
+class InvalidRequestError(SvdpipeError, ValueError):
+    """A request parameter or input image is not acceptable."""
+
+
+class ModelLoadError(SvdpipeError):
+    """The model could not be found or loaded."""
+
+
+class ConfigError(SvdpipeError, ValueError):
+    """The engine configuration is inconsistent or cannot run on this machine."""
+
+
+class RequestFailedError(SvdpipeError):
+    """A request could not be completed (after any retries)."""
+
+
+class RequestCancelledError(SvdpipeError):
+    """The request was cancelled before it finished."""
+
+
+class RequestTimeoutError(RequestFailedError):
+    """The request did not finish within its time limit."""
+
+
+class QueueFullError(SvdpipeError):
+    """The engine is at capacity; try again later."""

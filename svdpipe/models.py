@@ -1,0 +1,197 @@
+"""Loading SVD's components: the built-in tiny model, random full-size models, local directories, hub ids."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Collection
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from svdpipe.errors import ModelLoadError
+
+if TYPE_CHECKING:
+    import torch
+    from diffusers import StableVideoDiffusionPipeline
+
+logger = logging.getLogger(__name__)
+
+Part = Literal["encoder", "unet", "decoder"]
+ALL_PARTS: tuple[Part, ...] = ("encoder", "unet", "decoder")
+BUILT_IN = ("tiny", "random-full", "random-full-xt")
+
+# Which pipeline components each part of the work needs.
+_COMPONENTS: dict[str, tuple[str, ...]] = {
+    "encoder": ("image_encoder", "vae"),
+    "unet": ("unet",),
+    "decoder": ("vae",),
+}
+_LAYOUT = ("model_index.json", "unet", "vae", "image_encoder", "scheduler", "feature_extractor")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What request validation needs to know about a model, without loading weights."""
+
+    default_height: int
+    default_width: int
+    default_num_frames: int
+    size_multiple: int  # height and width must be multiples of this
+
+    @classmethod
+    def from_configs(cls, unet_config: Any, vae_config: Any) -> ModelSpec:
+        vae_factor = 2 ** (len(vae_config["block_out_channels"]) - 1)
+        size = unet_config["sample_size"] * vae_factor
+        # Only the VAE constrains the size: the UNet forwards each skip connection's size to its up-samplers,
+        # so any latent size works (checked on the 4-level SVD UNet with 9x9 and 3x5 latents).
+        return cls(size, size, unet_config["num_frames"], vae_factor)
+
+
+@dataclass
+class SVDModel:
+    """A StableVideoDiffusionPipeline holding only the components this process needs (others are None)."""
+
+    pipe: StableVideoDiffusionPipeline
+    unet_config: dict[str, Any]
+    spec: ModelSpec
+    device: torch.device
+    dtype: torch.dtype
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    import torch
+
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
+
+
+def resolve_device(device: str) -> torch.device:
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError("device 'cuda' was asked for but torch sees no CUDA GPU here")
+    return torch.device(device)
+
+
+def load_model(
+    model: str, dtype: str = "fp32", device: str = "auto", parts: Collection[Part] = ALL_PARTS
+) -> SVDModel:
+    """Load `model` ('tiny', 'random-full[-xt]', a directory or a hub id) with only the given parts."""
+    dev, dt = resolve_device(device), torch_dtype(dtype)
+    needed = {c for p in parts for c in _COMPONENTS[p]}
+    if model in BUILT_IN:
+        pipe = build_random_pipeline(model, needed)
+    elif os.path.isdir(model):
+        pipe = _from_directory(Path(model), needed)
+    elif _looks_like_hub_id(model):
+        pipe = _from_hub(model, needed)
+    else:
+        raise ModelLoadError(
+            f"model {model!r} is neither a built-in model ({', '.join(BUILT_IN)}), an existing directory, "
+            "nor a hub id of the form 'org/name'"
+        )
+    unet_config = _unet_config(pipe, model)
+    spec = ModelSpec.from_configs(unet_config, pipe.vae.config if pipe.vae is not None else _vae_config(model))
+    pipe.to(device=dev, dtype=dt)
+    if pipe.unet is not None:
+        pipe.unet.eval()
+    return SVDModel(pipe=pipe, unet_config=unet_config, spec=spec, device=dev, dtype=dt)
+
+
+def model_spec(model: str) -> ModelSpec:
+    """The request-validation facts of `model`, read from configs only (no weights)."""
+    if model in BUILT_IN:
+        from svdpipe.architectures import ARCHITECTURES
+
+        unet, vae, _ = ARCHITECTURES[model]
+        return ModelSpec.from_configs(unet, vae)
+    return ModelSpec.from_configs(_unet_config(None, model), _vae_config(model))
+
+
+def build_random_pipeline(name: str, components: Collection[str] | None = None) -> StableVideoDiffusionPipeline:
+    """A randomly initialised SVD of a built-in architecture; identical weights in every process."""
+    import torch
+    from diffusers import (
+        AutoencoderKLTemporalDecoder,
+        EulerDiscreteScheduler,
+        StableVideoDiffusionPipeline,
+        UNetSpatioTemporalConditionModel,
+    )
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    from svdpipe.architectures import ARCHITECTURES, SVD_SCHEDULER_CONFIG, TINY_SEED
+
+    unet_cfg, vae_cfg, clip_cfg = ARCHITECTURES[name]
+    wanted = set(components) if components is not None else {"unet", "vae", "image_encoder"}
+
+    def seeded(build):  # each component from its own fixed seed, so parts built alone stay identical
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(TINY_SEED)
+            return build()
+
+    return StableVideoDiffusionPipeline(
+        vae=seeded(lambda: AutoencoderKLTemporalDecoder(**vae_cfg)) if "vae" in wanted else None,
+        image_encoder=seeded(lambda: CLIPVisionModelWithProjection(CLIPVisionConfig(**clip_cfg)))
+        if "image_encoder" in wanted
+        else None,
+        unet=seeded(lambda: UNetSpatioTemporalConditionModel(**unet_cfg)) if "unet" in wanted else None,
+        scheduler=EulerDiscreteScheduler(**SVD_SCHEDULER_CONFIG),
+        feature_extractor=CLIPImageProcessor(),
+    )
+
+
+def _looks_like_hub_id(model: str) -> bool:
+    parts = model.split("/")
+    return len(parts) == 2 and all(parts) and not model.startswith((".", "/", "~"))
+
+
+def _from_directory(path: Path, needed: set[str]) -> StableVideoDiffusionPipeline:
+    missing = [name for name in _LAYOUT if not (path / name).exists()]
+    if missing:
+        raise ModelLoadError(
+            f"{path} is not a StableVideoDiffusionPipeline directory: missing {', '.join(missing)} "
+            "(expected the layout written by diffusers' save_pretrained)"
+        )
+    return _from_pretrained(str(path), needed, source=f"directory {path}")
+
+
+def _from_hub(repo_id: str, needed: set[str]) -> StableVideoDiffusionPipeline:
+    return _from_pretrained(repo_id, needed, source=f"hub id {repo_id!r}")
+
+
+def _from_pretrained(name: str, needed: set[str], source: str) -> StableVideoDiffusionPipeline:
+    from diffusers import StableVideoDiffusionPipeline
+
+    skip = {c: None for c in ("unet", "vae", "image_encoder") if c not in needed}
+    try:
+        return StableVideoDiffusionPipeline.from_pretrained(name, **skip)
+    except Exception as exc:  # diffusers/hub raise many types; the user needs one clear line
+        hint = "" if os.path.isdir(name) else " (no network access to the hub? use a local directory instead)"
+        raise ModelLoadError(f"could not load SVD from {source}: {type(exc).__name__}: {exc}{hint}") from exc
+
+
+def _unet_config(pipe: StableVideoDiffusionPipeline | None, model: str) -> dict[str, Any]:
+    if pipe is not None and pipe.unet is not None:
+        return dict(pipe.unet.config)
+    return _load_sub_config(model, "unet")
+
+
+def _vae_config(model: str) -> dict[str, Any]:
+    return _load_sub_config(model, "vae")
+
+
+def _load_sub_config(model: str, sub: str) -> dict[str, Any]:
+    if model in BUILT_IN:
+        from svdpipe.architectures import ARCHITECTURES
+
+        unet, vae, _ = ARCHITECTURES[model]
+        return dict(unet if sub == "unet" else vae)
+    from diffusers import AutoencoderKLTemporalDecoder, UNetSpatioTemporalConditionModel
+
+    cls = UNetSpatioTemporalConditionModel if sub == "unet" else AutoencoderKLTemporalDecoder
+    try:
+        return dict(cls.load_config(model, subfolder=sub))
+    except Exception as exc:
+        raise ModelLoadError(f"could not read the {sub} config of {model!r}: {exc}") from exc

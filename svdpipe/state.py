@@ -1,0 +1,66 @@
+"""The hand-off object: one request's whole state as it moves encoder -> denoise stages -> decoder."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import torch
+
+from svdpipe.config import ResolvedParams
+
+
+@dataclass(frozen=True)
+class StageTrace:
+    """When one stage worked on a request (time.time() seconds), for hop/queue/step accounting."""
+
+    stage: str
+    started: float
+    finished: float
+    idle_since: float  # when this stage finished its previous task (before `started` means it waited)
+    steps: int = 0
+
+
+@dataclass(frozen=True)
+class RequestState:
+    """Everything a stage needs to continue a request; tensors only, no scheduler object.
+
+    `step` is the scheduler position: the index of the next denoising step to run. A stage owning
+    range [a, b) asserts step == a and hands on a state with step == b.
+    """
+
+    request_id: str
+    params: ResolvedParams
+    latents: torch.Tensor  # (1, F, 4, h, w): the sample being denoised
+    image_latents: torch.Tensor  # (1 or 2, F, 4, h, w): VAE latents of the input image, [uncond, cond] under CFG
+    image_embeddings: torch.Tensor  # (1 or 2, 1, D): CLIP image embedding, [zeros, embed] under CFG
+    added_time_ids: torch.Tensor  # (1 or 2, 3): fps - 1, motion_bucket_id, noise_aug_strength
+    guidance_scale: torch.Tensor  # (1, F, 1, 1, 1): per-frame CFG scale
+    sigmas: torch.Tensor  # (T + 1,) float32 on CPU
+    timesteps: torch.Tensor  # (T,)
+    prediction_type: str
+    step: int = 0
+    trace: tuple[StageTrace, ...] = field(default=())
+
+    @property
+    def num_steps(self) -> int:
+        return int(self.timesteps.shape[0])
+
+    @property
+    def done(self) -> bool:
+        return self.step >= self.num_steps
+
+    def advanced(self, latents: torch.Tensor, step: int) -> RequestState:
+        return dataclasses.replace(self, latents=latents, step=step)
+
+    def traced(self, entry: StageTrace) -> RequestState:
+        return dataclasses.replace(self, trace=(*self.trace, entry))
+
+    def to(self, device: torch.device) -> RequestState:
+        """The same state with its tensors on `device` (sigmas stay on the CPU, as diffusers keeps them)."""
+        move = {
+            f: getattr(self, f).to(device)
+            for f in ("latents", "image_latents", "image_embeddings", "added_time_ids", "guidance_scale",
+                      "timesteps")
+        }
+        return dataclasses.replace(self, **move)
