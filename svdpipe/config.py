@@ -37,7 +37,10 @@ class VideoParams(BaseModel):
     noise_aug_strength: float = Field(0.02, ge=0.0, le=10.0, description="Noise added to the input image.")
     decode_chunk_size: int | None = Field(None, ge=1, le=256, description="Frames decoded at once by the VAE.")
     seed: int | None = Field(
-        None, ge=0, lt=2**63, description="Same meaning as diffusers' torch.Generator('cpu').manual_seed(seed)."
+        None,
+        ge=0,
+        lt=2**63,
+        description="Same meaning as diffusers' torch.Generator('cpu').manual_seed(seed).",
     )
 
     @model_validator(mode="after")

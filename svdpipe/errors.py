@@ -31,3 +31,15 @@ class RequestTimeoutError(RequestFailedError):
 
 class QueueFullError(SvdpipeError):
     """The engine is at capacity; try again later."""
+
+
+def describe_validation_error(exc: Exception) -> str:
+    """One readable line per problem in a pydantic ValidationError (other exceptions: their message)."""
+    errors = getattr(exc, "errors", None)
+    if not callable(errors):
+        return str(exc)
+    parts = []
+    for err in errors():
+        where = ".".join(str(p) for p in err.get("loc", ())) or "input"
+        parts.append(f"{where}: {err.get('msg', 'invalid')}")
+    return "; ".join(parts)

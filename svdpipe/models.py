@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,23 +74,17 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def load_model(
-    model: str, dtype: str = "fp32", device: str = "auto", parts: Collection[Part] = ALL_PARTS
-) -> SVDModel:
+def load_model(model: str, dtype: str = "fp32", device: str = "auto", parts: Collection[Part] = ALL_PARTS) -> SVDModel:
     """Load `model` ('tiny', 'random-full[-xt]', a directory or a hub id) with only the given parts."""
     dev, dt = resolve_device(device), torch_dtype(dtype)
     needed = {c for p in parts for c in _COMPONENTS[p]}
-    if model in BUILT_IN:
+    source = model_source(model)
+    if source == "built-in":
         pipe = build_random_pipeline(model, needed)
-    elif os.path.isdir(model):
-        pipe = _from_directory(Path(model), needed)
-    elif _looks_like_hub_id(model):
-        pipe = _from_hub(model, needed)
+    elif source == "directory":
+        pipe = _from_pretrained(model, needed, source=f"directory {model}")
     else:
-        raise ModelLoadError(
-            f"model {model!r} is neither a built-in model ({', '.join(BUILT_IN)}), an existing directory, "
-            "nor a hub id of the form 'org/name'"
-        )
+        pipe = _from_pretrained(model, needed, source=f"hub id {model!r}")
     unet_config = _unet_config(pipe, model)
     spec = ModelSpec.from_configs(unet_config, pipe.vae.config if pipe.vae is not None else _vae_config(model))
     pipe.to(device=dev, dtype=dt)
@@ -100,9 +93,31 @@ def load_model(
     return SVDModel(pipe=pipe, unet_config=unet_config, spec=spec, device=dev, dtype=dt)
 
 
+def model_source(model: str) -> Literal["built-in", "directory", "hub"]:
+    """Where `model` comes from; a clear error for a missing directory or a wrong layout."""
+    if model in BUILT_IN:
+        return "built-in"
+    path = Path(model).expanduser()
+    if path.is_dir():
+        missing = [name for name in _LAYOUT if not (path / name).exists()]
+        if missing:
+            raise ModelLoadError(
+                f"{path} is not a StableVideoDiffusionPipeline directory: missing {', '.join(missing)} "
+                "(expected the layout written by diffusers' save_pretrained)"
+            )
+        return "directory"
+    parts = model.split("/")
+    if len(parts) == 2 and all(parts) and not model.startswith((".", "/", "~")):
+        return "hub"
+    raise ModelLoadError(
+        f"model {model!r} is neither a built-in model ({', '.join(BUILT_IN)}), an existing directory, "
+        "nor a hub id of the form 'org/name'"
+    )
+
+
 def model_spec(model: str) -> ModelSpec:
     """The request-validation facts of `model`, read from configs only (no weights)."""
-    if model in BUILT_IN:
+    if model_source(model) == "built-in":
         from svdpipe.architectures import ARCHITECTURES
 
         unet, vae, _ = ARCHITECTURES[model]
@@ -142,25 +157,6 @@ def build_random_pipeline(name: str, components: Collection[str] | None = None) 
     )
 
 
-def _looks_like_hub_id(model: str) -> bool:
-    parts = model.split("/")
-    return len(parts) == 2 and all(parts) and not model.startswith((".", "/", "~"))
-
-
-def _from_directory(path: Path, needed: set[str]) -> StableVideoDiffusionPipeline:
-    missing = [name for name in _LAYOUT if not (path / name).exists()]
-    if missing:
-        raise ModelLoadError(
-            f"{path} is not a StableVideoDiffusionPipeline directory: missing {', '.join(missing)} "
-            "(expected the layout written by diffusers' save_pretrained)"
-        )
-    return _from_pretrained(str(path), needed, source=f"directory {path}")
-
-
-def _from_hub(repo_id: str, needed: set[str]) -> StableVideoDiffusionPipeline:
-    return _from_pretrained(repo_id, needed, source=f"hub id {repo_id!r}")
-
-
 def _from_pretrained(name: str, needed: set[str], source: str) -> StableVideoDiffusionPipeline:
     from diffusers import StableVideoDiffusionPipeline
 
@@ -168,7 +164,7 @@ def _from_pretrained(name: str, needed: set[str], source: str) -> StableVideoDif
     try:
         return StableVideoDiffusionPipeline.from_pretrained(name, **skip)
     except Exception as exc:  # diffusers/hub raise many types; the user needs one clear line
-        hint = "" if os.path.isdir(name) else " (no network access to the hub? use a local directory instead)"
+        hint = "" if Path(name).is_dir() else " (no network access to the hub? use a local directory instead)"
         raise ModelLoadError(f"could not load SVD from {source}: {type(exc).__name__}: {exc}{hint}") from exc
 
 

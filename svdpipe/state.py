@@ -60,7 +60,13 @@ class RequestState:
         """The same state with its tensors on `device` (sigmas stay on the CPU, as diffusers keeps them)."""
         move = {
             f: getattr(self, f).to(device)
-            for f in ("latents", "image_latents", "image_embeddings", "added_time_ids", "guidance_scale",
-                      "timesteps")
+            for f in (
+                "latents",
+                "image_latents",
+                "image_embeddings",
+                "added_time_ids",
+                "guidance_scale",
+                "timesteps",
+            )
         }
         return dataclasses.replace(self, **move)

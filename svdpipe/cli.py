@@ -1,0 +1,152 @@
+"""The `svdpipe` command: generate, serve, bench, export-model. Heavy imports stay inside commands."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import types
+import typing
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from svdpipe.config import EngineConfig, VideoParams
+
+SAMPLE_IMAGE = Path(__file__).parent / "assets" / "sample.png"
+# Engine fields the CLI spells differently, or leaves to config files.
+_ENGINE_ALIASES = {"num_stages": "--stages"}
+_ENGINE_SKIP = {"step_weights", "namespace", "name_prefix"}
+
+
+def _flag_type(annotation: Any) -> tuple[Any, Sequence[str] | None]:
+    """argparse type and choices for a pydantic field annotation."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType) and len(args) == 1:
+        return _flag_type(args[0])
+    if origin is typing.Literal:
+        return str, [str(a) for a in typing.get_args(annotation)]
+    return annotation, None
+
+
+def add_model_flags(
+    parser: argparse.ArgumentParser,
+    model: type[BaseModel],
+    aliases: dict[str, str] | None = None,
+    skip: set[str] | frozenset[str] = frozenset(),
+) -> None:
+    """One --kebab-case flag per field; unset flags stay None so the model's own defaults apply."""
+    group = parser.add_argument_group(model.__name__)
+    for name, field in model.model_fields.items():
+        if name in skip:
+            continue
+        flag = (aliases or {}).get(name, "--" + name.replace("_", "-"))
+        kind, choices = _flag_type(field.annotation)
+        default = field.default
+        help_text = f"{field.description} (default: {default})"
+        if kind is bool:
+            group.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        else:
+            group.add_argument(flag, dest=name, type=kind, choices=choices, default=None, help=help_text)
+
+
+def model_from_args(model: type[BaseModel], args: argparse.Namespace, **overrides: Any) -> Any:
+    values = {n: getattr(args, n) for n in model.model_fields if getattr(args, n, None) is not None}
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return model(**values)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="svdpipe", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    gen = sub.add_parser("generate", help="image -> video, once")
+    gen.add_argument("--image", default=str(SAMPLE_IMAGE), help="input image (default: the bundled sample)")
+    gen.add_argument("--out", required=True, help="output file; .mp4, .webm, .gif or .npy picks the format")
+    gen.add_argument("--engine", choices=["ray", "local"], default="local", help="stage actors on Ray, or one process")
+    gen.add_argument("--address", default=None, help="join this Ray cluster (default: start a local Ray)")
+    add_model_flags(gen, EngineConfig, _ENGINE_ALIASES, _ENGINE_SKIP)
+    add_model_flags(gen, VideoParams)
+
+    exp = sub.add_parser("export-model", help="save a built-in model as a diffusers directory")
+    exp.add_argument("--model", default="tiny", choices=["tiny", "random-full", "random-full-xt"])
+    exp.add_argument("directory")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    _quiet_libraries()
+    from svdpipe.errors import SvdpipeError, describe_validation_error
+
+    try:
+        if args.command == "generate":
+            return _generate(args)
+        if args.command == "export-model":
+            return _export_model(args)
+    except (SvdpipeError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
+        print(f"svdpipe: error: {describe_validation_error(exc)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("svdpipe: interrupted", file=sys.stderr)
+        return 130
+    raise AssertionError(args.command)
+
+
+def _quiet_libraries() -> None:
+    """diffusers/transformers warn about things that are expected here (no torchvision, random weights)."""
+    import os
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from svdpipe.config import resolve_params
+    from svdpipe.images import load_image
+    from svdpipe.models import model_spec
+    from svdpipe.video import format_from_path, write_video
+
+    # 1. Check everything cheap before loading weights or starting actors.
+    config = model_from_args(EngineConfig, args)
+    params = model_from_args(VideoParams, args)
+    format_from_path(args.out)
+    image = load_image(args.image)
+    resolved = resolve_params(params, model_spec(config.model), config.num_stages)
+    params = params.model_copy(update={"seed": resolved.seed})
+    # 2. Run.
+    bar = tqdm(total=params.num_inference_steps, desc="denoising", unit="step")
+    if args.engine == "local":
+        from svdpipe.local import LocalPipeline
+
+        result = LocalPipeline(config).generate(image, params, on_step=lambda _i: bar.update())
+    else:
+        from svdpipe.engine.sync import generate_once
+
+        result = generate_once(config, image, params, address=args.address, on_steps=bar.update)
+    bar.close()
+    path = write_video(result.frames, args.out, fps=result.params.fps)
+    print(
+        f"wrote {path} ({result.frames.shape[0]} frames, {result.params.width}x{result.params.height}, "
+        f"seed {result.params.seed})"
+    )
+    return 0
+
+
+def _export_model(args: argparse.Namespace) -> int:
+    from svdpipe.models import build_random_pipeline
+
+    build_random_pipeline(args.model).save_pretrained(args.directory)
+    print(f"saved {args.model} to {args.directory}")
+    return 0

@@ -1,0 +1,55 @@
+"""Shared fixtures: the tiny model, a test image, and diffusers' own pipeline as the reference."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import PIL.Image
+import pytest
+
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    from svdpipe.models import load_model
+
+    return load_model("tiny", "fp32", "cpu")
+
+
+@pytest.fixture(scope="session")
+def reference_pipe():
+    """diffusers' StableVideoDiffusionPipeline on an independently built copy of the tiny model."""
+    from svdpipe.models import build_random_pipeline
+
+    return build_random_pipeline("tiny")
+
+
+@pytest.fixture(scope="session")
+def image() -> PIL.Image.Image:
+    rng = np.random.default_rng(1234)
+    return PIL.Image.fromarray(rng.integers(0, 256, (72, 96, 3), dtype=np.uint8))
+
+
+def diffusers_frames(pipe, image, params) -> np.ndarray:
+    """What diffusers gives for these resolved parameters (output_type='np', frames[0])."""
+    import torch
+
+    out = pipe(
+        image,
+        height=params.height,
+        width=params.width,
+        num_frames=params.num_frames,
+        num_inference_steps=params.num_inference_steps,
+        min_guidance_scale=params.min_guidance_scale,
+        max_guidance_scale=params.max_guidance_scale,
+        fps=params.fps,
+        motion_bucket_id=params.motion_bucket_id,
+        noise_aug_strength=params.noise_aug_strength,
+        decode_chunk_size=params.decode_chunk_size,
+        generator=torch.Generator("cpu").manual_seed(params.seed),
+        output_type="np",
+    )
+    return out.frames[0]
