@@ -23,7 +23,9 @@ StepCallback = Callable[[int], None]
 
 
 @torch.no_grad()
-def encode(model: SVDModel, image: PIL.Image.Image, params: ResolvedParams, request_id: str = "") -> RequestState:
+def encode(
+    model: SVDModel, image: PIL.Image.Image, params: ResolvedParams, request_id: str = "", output_format: str = "npy"
+) -> RequestState:
     """CLIP + VAE encoding, initial noise and schedule: the request state before step 0."""
     from diffusers.utils.torch_utils import randn_tensor
 
@@ -85,6 +87,7 @@ def encode(model: SVDModel, image: PIL.Image.Image, params: ResolvedParams, requ
         sigmas=pipe.scheduler.sigmas.clone(),
         timesteps=pipe.scheduler.timesteps.clone(),
         prediction_type=pipe.scheduler.config.prediction_type,
+        output_format=output_format,
     )
 
 

@@ -9,6 +9,8 @@ import torch
 
 from svdpipe.config import ResolvedParams
 
+_TENSORS = ("latents", "image_latents", "image_embeddings", "added_time_ids", "guidance_scale", "sigmas", "timesteps")
+
 
 @dataclass(frozen=True)
 class StageTrace:
@@ -39,6 +41,7 @@ class RequestState:
     sigmas: torch.Tensor  # (T + 1,) float32 on CPU
     timesteps: torch.Tensor  # (T,)
     prediction_type: str
+    output_format: str = "npy"  # what the decoder writes: mp4 | webm | gif | npy
     step: int = 0
     trace: tuple[StageTrace, ...] = field(default=())
 
@@ -56,17 +59,10 @@ class RequestState:
     def traced(self, entry: StageTrace) -> RequestState:
         return dataclasses.replace(self, trace=(*self.trace, entry))
 
+    def fresh(self) -> RequestState:
+        """A copy owning new tensors: Ray Direct Transport requires methods to return fresh tensors."""
+        return dataclasses.replace(self, **{f: getattr(self, f).clone() for f in _TENSORS})
+
     def to(self, device: torch.device) -> RequestState:
         """The same state with its tensors on `device` (sigmas stay on the CPU, as diffusers keeps them)."""
-        move = {
-            f: getattr(self, f).to(device)
-            for f in (
-                "latents",
-                "image_latents",
-                "image_embeddings",
-                "added_time_ids",
-                "guidance_scale",
-                "timesteps",
-            )
-        }
-        return dataclasses.replace(self, **move)
+        return dataclasses.replace(self, **{f: getattr(self, f).to(device) for f in _TENSORS if f != "sigmas"})

@@ -1,0 +1,1 @@
+"""The HTTP service: Ray Serve app, jobs API, job store."""
