@@ -84,8 +84,8 @@ def encode(
         image_embeddings=image_embeddings,
         added_time_ids=added_time_ids,
         guidance_scale=guidance,
-        sigmas=pipe.scheduler.sigmas.clone(),
-        timesteps=pipe.scheduler.timesteps.clone(),
+        sigmas=tuple(pipe.scheduler.sigmas.tolist()),
+        timesteps=tuple(pipe.scheduler.timesteps.tolist()),
         prediction_type=pipe.scheduler.config.prediction_type,
         output_format=output_format,
     )
@@ -114,8 +114,12 @@ def denoise(
     unet = model.pipe.unet
     do_cfg = state.params.do_classifier_free_guidance
     latents = state.latents
+    # float32 tensors from the exact float32 values: sigmas on the CPU and timesteps on the device, as in
+    # diffusers' scheduler, so the arithmetic below is the same to the bit.
+    sigmas = torch.tensor(state.sigmas, dtype=torch.float32)
+    timesteps = torch.tensor(state.timesteps, dtype=torch.float32, device=model.device)
     for i in steps:
-        sigma, t = state.sigmas[i], state.timesteps[i]
+        sigma, t = sigmas[i], timesteps[i]
         model_input = torch.cat([latents] * 2) if do_cfg else latents
         model_input = sampler.scale_model_input(model_input, sigma)
         model_input = torch.cat([model_input, state.image_latents], dim=2)
@@ -133,7 +137,7 @@ def denoise(
             noise_pred = torch.zeros_like(model_input[:, :, : latents.shape[2]])
         if do_cfg:
             noise_pred = sampler.apply_guidance(noise_pred, state.guidance_scale)
-        latents = sampler.euler_step(noise_pred, latents, sigma, state.sigmas[i + 1], state.prediction_type)
+        latents = sampler.euler_step(noise_pred, latents, sigma, sigmas[i + 1], state.prediction_type)
         if on_step is not None:
             on_step(i)
     return state.advanced(latents, steps.stop)

@@ -9,7 +9,7 @@ import torch
 
 from svdpipe.config import ResolvedParams
 
-_TENSORS = ("latents", "image_latents", "image_embeddings", "added_time_ids", "guidance_scale", "sigmas", "timesteps")
+_TENSORS = ("latents", "image_latents", "image_embeddings", "added_time_ids", "guidance_scale")
 
 
 @dataclass(frozen=True)
@@ -38,8 +38,10 @@ class RequestState:
     image_embeddings: torch.Tensor  # (1 or 2, 1, D): CLIP image embedding, [zeros, embed] under CFG
     added_time_ids: torch.Tensor  # (1 or 2, 3): fps - 1, motion_bucket_id, noise_aug_strength
     guidance_scale: torch.Tensor  # (1, F, 1, 1, 1): per-frame CFG scale
-    sigmas: torch.Tensor  # (T + 1,) float32 on CPU
-    timesteps: torch.Tensor  # (T,)
+    # The schedule as float32 values held in Python floats (exact), so every tensor above lives on the
+    # stage's device: GPU transports (NCCL, CUDA IPC) carry one device's tensors only.
+    sigmas: tuple[float, ...]  # T + 1 values, the last 0
+    timesteps: tuple[float, ...]  # T values
     prediction_type: str
     output_format: str = "npy"  # what the decoder writes: mp4 | webm | gif | npy
     step: int = 0
@@ -47,7 +49,7 @@ class RequestState:
 
     @property
     def num_steps(self) -> int:
-        return int(self.timesteps.shape[0])
+        return len(self.timesteps)
 
     @property
     def done(self) -> bool:
@@ -64,5 +66,5 @@ class RequestState:
         return dataclasses.replace(self, **{f: getattr(self, f).clone() for f in _TENSORS})
 
     def to(self, device: torch.device) -> RequestState:
-        """The same state with its tensors on `device` (sigmas stay on the CPU, as diffusers keeps them)."""
-        return dataclasses.replace(self, **{f: getattr(self, f).to(device) for f in _TENSORS if f != "sigmas"})
+        """The same state with its tensors on `device`."""
+        return dataclasses.replace(self, **{f: getattr(self, f).to(device) for f in _TENSORS})
