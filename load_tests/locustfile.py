@@ -88,7 +88,11 @@ def form_fields() -> dict[str, str]:
         "num_frames": str(_env_int("SVDPIPE_LOAD_FRAMES", 4)),
         "output_format": os.environ.get("SVDPIPE_LOAD_FORMAT", "mp4").strip() or "mp4",
     }
-    for env, field in (("SVDPIPE_LOAD_HEIGHT", "height"), ("SVDPIPE_LOAD_WIDTH", "width"), ("SVDPIPE_LOAD_SEED", "seed")):
+    for env, field in (
+        ("SVDPIPE_LOAD_HEIGHT", "height"),
+        ("SVDPIPE_LOAD_WIDTH", "width"),
+        ("SVDPIPE_LOAD_SEED", "seed"),
+    ):
         value = os.environ.get(env, "").strip()
         if value:
             fields[field] = value
@@ -243,6 +247,13 @@ class JobError(Exception):
     """A job that did not end with a downloaded, non-empty video."""
 
 
+def _why(resp: Any) -> str:
+    """``HTTP <code>``, or the connection error when there was no response (status 0)."""
+    if resp.status_code == 0 and getattr(resp, "error", None) is not None:
+        return f"connection error: {resp.error!r}"[:300]
+    return f"HTTP {resp.status_code}"
+
+
 # ---------------------------------------------------------------------------------------------------------
 # The user
 # ---------------------------------------------------------------------------------------------------------
@@ -306,8 +317,8 @@ class VideoUser(HttpUser):
                     gevent.sleep(wait)
                     continue
                 if resp.status_code not in (200, 201, 202):
-                    resp.failure(f"submit: HTTP {resp.status_code}: {resp.text[:200]}")
-                    raise JobError(f"submit: HTTP {resp.status_code}")
+                    resp.failure(f"submit: {_why(resp)}: {(resp.text or '')[:200]}")
+                    raise JobError(f"submit: {_why(resp)}")
                 try:
                     job_id = resp.json()["id"]
                 except (ValueError, KeyError, TypeError) as err:
@@ -324,8 +335,8 @@ class VideoUser(HttpUser):
         while True:
             with self.client.get(f"/v1/videos/{job_id}", name=JOB_NAME, catch_response=True) as resp:
                 if resp.status_code != 200:
-                    resp.failure(f"poll: HTTP {resp.status_code}")
-                    raise JobError(f"poll: HTTP {resp.status_code}")
+                    resp.failure(f"poll: {_why(resp)}")
+                    raise JobError(f"poll: {_why(resp)}")
                 try:
                     job = resp.json()
                     status = str(job["status"])
@@ -341,8 +352,8 @@ class VideoUser(HttpUser):
             raise JobError(f"job {job_id} {status}: {job.get('error')}")
         with self.client.get(f"/v1/videos/{job_id}/content", name=CONTENT_NAME, catch_response=True) as resp:
             if resp.status_code != 200:
-                resp.failure(f"content: HTTP {resp.status_code}")
-                raise JobError(f"content: HTTP {resp.status_code}")
+                resp.failure(f"content: {_why(resp)}")
+                raise JobError(f"content: {_why(resp)}")
             body = resp.content or b""
             if not body:
                 resp.failure("content: empty body")

@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen = sub.add_parser("generate", help="image -> video, once")
     gen.add_argument("--image", default=str(SAMPLE_IMAGE), help="input image (default: the bundled sample)")
     gen.add_argument("--out", required=True, help="output file; .mp4, .webm, .gif or .npy picks the format")
-    gen.add_argument("--engine", choices=["ray", "local"], default="local", help="stage actors on Ray, or one process")
+    gen.add_argument("--engine", choices=["ray", "local"], default="ray", help="stage actors on Ray, or one process")
     gen.add_argument("--address", default=None, help="join this Ray cluster (default: start a local Ray)")
     add_model_flags(gen, EngineConfig, _ENGINE_ALIASES, _ENGINE_SKIP)
     add_model_flags(gen, VideoParams)

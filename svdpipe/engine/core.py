@@ -1,0 +1,438 @@
+"""The engine: builds the stage actors and their collective group, admits requests, pipelines their hops.
+
+Every request's whole chain (encoder -> N denoise stages -> decoder) is submitted at once, each call taking
+the previous call's ObjectRef. Ray starts a call as soon as its input exists and its actor is free, so
+requests overlap across stages (pipeline fill) with no round trip through this process per hop, and, with
+Ray Direct Transport, latents go straight from actor to actor. This process created the collective group,
+so it is the one allowed to submit calls that pass those refs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from svdpipe.config import EngineConfig, OutputFormat, ResolvedParams, VideoParams, resolve_params
+from svdpipe.errors import (
+    ConfigError,
+    InvalidRequestError,
+    RequestCancelledError,
+    RequestFailedError,
+    RequestTimeoutError,
+    SvdpipeError,
+)
+from svdpipe.models import model_spec
+from svdpipe.partition import partition_steps
+from svdpipe.placement import ActorSpec, actor_layout, bundles, choose_transport
+from svdpipe.timing import HopTiming, StageStats
+from svdpipe.worker import EncodedVideo, EncodeRequest, StageWorker
+
+logger = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[int, int], None]  # (steps done, total steps)
+_GROUP_BACKENDS = {"gloo": "torch_gloo", "nccl": "nccl"}  # transports that need a collective group
+_RDT = ("gloo", "nccl", "cuda_ipc")
+_PROGRESS_POLL_S = 0.02
+
+
+@dataclass(frozen=True)
+class EngineResult:
+    """A finished request: the encoded video and where its time went."""
+
+    request_id: str
+    video: EncodedVideo
+    params: ResolvedParams
+    timings: list[HopTiming]
+    latency_s: float
+    attempts: int
+
+
+@dataclass
+class _Inflight:
+    request_id: str
+    refs: list[ray.ObjectRef] = field(default_factory=list)
+    cancelled: bool = False
+    on_progress: ProgressCallback | None = None
+    step_marks: list[tuple[ray.ObjectRef, int]] = field(default_factory=list)  # (ref, steps done when ready)
+    total_steps: int = 0
+
+
+class Engine:
+    """Owns the stage actors of one deployment and runs requests through them (asyncio)."""
+
+    def __init__(
+        self, config: EngineConfig, placement_group: PlacementGroup | None = None, first_bundle: int = 0
+    ) -> None:
+        self.config = config
+        self.layout: list[ActorSpec] = actor_layout(config)
+        self.spec = model_spec(config.model)
+        self.transport = choose_transport(config)
+        self.stats = StageStats()
+        self._pg = placement_group
+        self._own_pg = placement_group is None
+        self._first_bundle = first_bundle
+        self._actors: list[Any] = []
+        self._group: Any = None
+        self._generation = 0
+        self._inflight: dict[str, _Inflight] = {}
+        self._slots: asyncio.Semaphore | None = None
+        self._rebuild_lock: asyncio.Lock | None = None
+        self._progress_task: asyncio.Task | None = None
+        self._started = False
+        self.completed = 0
+        self.failed = 0
+
+    # ---------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        """Create the placement group, the actors and their group, and warm every stage."""
+        if not ray.is_initialized():
+            raise ConfigError("Ray is not initialised: call ray.init() (or use svdpipe.engine.sync)")
+        # 1. check the cluster can hold the layout, before any actor starts
+        self.transport = choose_transport(self.config, ray.cluster_resources().get("GPU", 0.0))
+        self._slots = asyncio.Semaphore(self.config.max_inflight)
+        self._rebuild_lock = asyncio.Lock()
+        # 2. placement: one bundle per actor
+        if self._pg is None:
+            self._pg = placement_group(bundles(self.config), strategy=self.config.placement_strategy)
+            try:
+                await asyncio.wait_for(self._pg.ready(), timeout=60)
+            except asyncio.TimeoutError as exc:
+                remove_placement_group(self._pg)
+                self._pg = None
+                raise ConfigError(
+                    f"could not reserve {len(self.layout)} bundles of {bundles(self.config)[0]} "
+                    f"({self.config.placement_strategy}) within 60 s: {ray.available_resources()} available"
+                ) from exc
+        # 3. actors, group, warm-up
+        self._actors = [self._new_actor(spec) for spec in self.layout]
+        await self._await_ready(self._actors)
+        self._make_group()
+        await self._warm_up()
+        self._progress_task = asyncio.get_running_loop().create_task(self._progress_loop())
+        self._started = True
+        logger.info(
+            "engine ready: %d actors (%s), transport %s",
+            len(self._actors),
+            ", ".join(s.name for s in self.layout),
+            self.transport,
+        )
+
+    async def shutdown(self) -> None:
+        """Cancel everything in flight, kill the actors and release the placement group."""
+        for inf in list(self._inflight.values()):
+            self._cancel_refs(inf)
+        if self._progress_task is not None:
+            self._progress_task.cancel()
+        self._destroy_group()
+        for actor in self._actors:
+            with contextlib.suppress(Exception):
+                ray.kill(actor)
+        self._actors = []
+        if self._own_pg and self._pg is not None:
+            with contextlib.suppress(Exception):
+                remove_placement_group(self._pg)
+            self._pg = None
+        self._started = False
+
+    def _new_actor(self, spec: ActorSpec) -> Any:
+        cls = ray.remote(StageWorker)
+        options: dict[str, Any] = {
+            "name": spec.name,
+            "namespace": self.config.namespace,
+            "num_cpus": self.config.num_cpus_per_actor,
+            "num_gpus": self.config.num_gpus_per_actor,
+            "max_restarts": 0,
+            "max_concurrency": 1,  # stage actors stay single-threaded (RDT's rule, and one UNet at a time)
+            "scheduling_strategy": PlacementGroupSchedulingStrategy(
+                placement_group=self._pg, placement_group_bundle_index=self._first_bundle + spec.index
+            ),
+        }
+        if self.transport in _RDT:
+            options["enable_tensor_transport"] = True
+        for attempt in range(50):  # a replaced actor's name frees once Ray has marked it dead
+            try:
+                return cls.options(**options).remote(self.config, spec, self.transport in _RDT)
+            except ValueError as exc:
+                if "already taken" not in str(exc) or attempt == 49:
+                    raise
+                time.sleep(0.1)
+        raise AssertionError("unreachable")
+
+    async def _await_ready(self, actors: list[Any]) -> None:
+        try:
+            await asyncio.gather(*[a.ping.remote() for a in actors])
+        except ray.exceptions.RayActorError as exc:
+            raise ConfigError(f"a stage actor failed to start: {exc}") from exc
+
+    def _make_group(self) -> None:
+        backend = _GROUP_BACKENDS.get(self.transport)
+        if backend is None:
+            return
+        from ray.experimental.collective import create_collective_group
+
+        self._group = create_collective_group(
+            self._actors, backend=backend, name=f"{self.config.name_prefix}-{uuid.uuid4().hex[:8]}"
+        )
+
+    def _destroy_group(self) -> None:
+        if self._group is None:
+            return
+        from ray.experimental.collective import destroy_collective_group
+
+        with contextlib.suppress(Exception):
+            destroy_collective_group(self._group)
+        self._group = None
+
+    async def _warm_up(self) -> None:
+        """One small request through the whole chain so no user request pays first-call costs."""
+        import io
+
+        import PIL.Image
+
+        buf = io.BytesIO()
+        PIL.Image.new("RGB", (self.spec.default_width, self.spec.default_height), (127, 127, 127)).save(buf, "PNG")
+        params = resolve_params(
+            VideoParams(num_inference_steps=self.config.num_stages, num_frames=2, seed=0, max_guidance_scale=2.0),
+            self.spec,
+            self.config.num_stages,
+        )
+        req = EncodeRequest("warmup", buf.getvalue(), params, "npy", time.time())
+        refs = self._submit_chain(req, partition_steps(params.num_inference_steps, self.config.num_stages))
+        await refs[-1]
+
+    # ---------------------------------------------------------------- requests
+
+    @property
+    def inflight(self) -> int:
+        return len(self._inflight)
+
+    async def generate(
+        self,
+        image_png: bytes,
+        params: VideoParams | ResolvedParams,
+        output_format: OutputFormat = "mp4",
+        request_id: str | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> EngineResult:
+        """Run one request; waits for a slot (max_inflight), retries once on a stage failure.
+
+        Raises RequestCancelledError, RequestTimeoutError, RequestFailedError, or InvalidRequestError.
+        """
+        if not self._started or self._slots is None:
+            raise RequestFailedError("the engine is not running")
+        if isinstance(params, VideoParams):
+            params = resolve_params(params, self.spec, self.config.num_stages)
+        if params.num_inference_steps < self.config.num_stages:
+            raise InvalidRequestError(
+                f"num_inference_steps ({params.num_inference_steps}) must be at least the number of denoise "
+                f"stages ({self.config.num_stages})"
+            )
+        request_id = request_id or uuid.uuid4().hex
+        if request_id in self._inflight:
+            raise ValueError(f"request {request_id} is already running")
+        inf = _Inflight(request_id, on_progress=on_progress, total_steps=params.num_inference_steps)
+        async with self._slots:
+            self._inflight[request_id] = inf
+            try:
+                return await self._run(inf, image_png, params, output_format)
+            finally:
+                self._inflight.pop(request_id, None)
+
+    def cancel(self, request_id: str) -> bool:
+        """Cancel a running request: its remaining stages are skipped and its slot freed."""
+        inf = self._inflight.get(request_id)
+        if inf is None:
+            return False
+        inf.cancelled = True
+        self._cancel_refs(inf)
+        return True
+
+    async def _run(self, inf: _Inflight, image_png: bytes, params: ResolvedParams, fmt: OutputFormat) -> EngineResult:
+        admitted = time.time()
+        deadline = admitted + self.config.request_timeout_s
+        ranges = self._ranges(params.num_inference_steps)
+        attempt = 0
+        while True:
+            attempt += 1
+            generation = self._generation
+            submitted = time.time()
+            req = EncodeRequest(inf.request_id, image_png, params, fmt, submitted)
+            inf.refs = self._submit_chain(req, ranges)
+            inf.step_marks = self._step_marks(inf.refs, ranges)
+            try:
+                video: EncodedVideo = await asyncio.wait_for(
+                    asyncio.wrap_future(inf.refs[-1].future()), timeout=max(0.0, deadline - time.time())
+                )
+            except asyncio.TimeoutError as exc:
+                self._cancel_refs(inf)
+                self.failed += 1
+                raise RequestTimeoutError(
+                    f"request {inf.request_id} did not finish within {self.config.request_timeout_s:g} s"
+                ) from exc
+            except asyncio.CancelledError:
+                self._cancel_refs(inf)
+                raise
+            except Exception as exc:
+                if inf.cancelled or isinstance(exc, ray.exceptions.TaskCancelledError):
+                    raise RequestCancelledError(f"request {inf.request_id} was cancelled") from None
+                user_error = _user_error(exc)
+                if user_error is not None:
+                    self.failed += 1
+                    raise user_error from None
+                logger.warning("request %s attempt %d failed: %s", inf.request_id, attempt, _short(exc))
+                if attempt > self.config.max_retries:
+                    self.failed += 1
+                    raise RequestFailedError(
+                        f"request {inf.request_id} failed after {attempt} attempt(s): {_short(exc)}"
+                    ) from exc
+                await self._recover(generation)
+                if inf.cancelled:
+                    raise RequestCancelledError(f"request {inf.request_id} was cancelled") from None
+                continue
+            if inf.on_progress is not None:
+                inf.on_progress(inf.total_steps, inf.total_steps)
+            timings = self.stats.add(video.trace, submitted)
+            self.completed += 1
+            return EngineResult(inf.request_id, video, params, timings, time.time() - admitted, attempt)
+
+    def _ranges(self, num_steps: int) -> list[range]:
+        weights = self.config.step_weights
+        if weights is not None and len(weights) != num_steps:
+            weights = None  # a cost profile for another step count: equal ranges
+        return partition_steps(num_steps, self.config.num_stages, weights)
+
+    def _submit_chain(self, req: EncodeRequest, ranges: list[range]) -> list[ray.ObjectRef]:
+        refs: list[ray.ObjectRef] = []
+        item: Any = req
+        for actor, spec in zip(self._actors, self.layout, strict=True):
+            steps = None
+            if spec.denoise_stage is not None:
+                r = ranges[spec.denoise_stage]
+                steps = (r.start, r.stop)
+            method = actor.process
+            if self.transport in _RDT and not spec.decodes:
+                method = method.options(tensor_transport=self.transport)
+            item = method.remote(item, steps)
+            refs.append(item)
+        return refs
+
+    def _step_marks(self, refs: list[ray.ObjectRef], ranges: list[range]) -> list[tuple[ray.ObjectRef, int]]:
+        marks = []
+        for ref, spec in zip(refs, self.layout, strict=True):
+            if spec.denoise_stage is not None and not spec.decodes:
+                marks.append((ref, ranges[spec.denoise_stage].stop))
+        return marks
+
+    def _cancel_refs(self, inf: _Inflight) -> None:
+        for ref in inf.refs:
+            with contextlib.suppress(Exception):
+                ray.cancel(ref)
+
+    async def _progress_loop(self) -> None:
+        """Report completed step ranges without fetching the latents (ray.wait with fetch_local=False)."""
+        while True:
+            await asyncio.sleep(_PROGRESS_POLL_S)
+            watched = {ref: inf for inf in self._inflight.values() if inf.on_progress for ref, _ in inf.step_marks}
+            if not watched:
+                continue
+            try:
+                ready, _ = ray.wait(list(watched), num_returns=len(watched), timeout=0, fetch_local=False)
+            except Exception:  # a ref cancelled under us; the next round sees the new set
+                continue
+            for ref in ready:
+                inf = watched[ref]
+                for i, (mark_ref, steps) in enumerate(inf.step_marks):
+                    if mark_ref == ref:
+                        inf.step_marks.pop(i)
+                        with contextlib.suppress(Exception):
+                            inf.on_progress(steps, inf.total_steps)  # type: ignore[misc]
+                        break
+
+    # ---------------------------------------------------------------- failures
+
+    async def _recover(self, generation: int) -> None:
+        """Replace dead actors (and the collective group they were in); one rebuild per failure."""
+        assert self._rebuild_lock is not None
+        async with self._rebuild_lock:
+            if self._generation != generation:
+                return  # another request already rebuilt after this failure
+            dead = [i for i, a in enumerate(self._actors) if not _alive(a)]
+            grouped = self._group is not None
+            if grouped:
+                # A collective group cannot lose a member: rebuild it whole with the survivors.
+                self._destroy_group()
+            logger.warning(
+                "rebuilding stage actors %s (transport %s)",
+                [self.layout[i].name for i in dead] or "none dead",
+                self.transport,
+            )
+            for i in dead:
+                with contextlib.suppress(Exception):
+                    ray.kill(self._actors[i])
+                self._actors[i] = self._new_actor(self.layout[i])
+            try:
+                await self._await_ready(self._actors)
+                self._make_group()
+                await self._warm_up()
+            except Exception as exc:  # survivors broken too (e.g. Ray killed the group): start over
+                logger.warning("partial rebuild failed (%s); replacing every actor", _short(exc))
+                self._destroy_group()
+                for i, actor in enumerate(self._actors):
+                    with contextlib.suppress(Exception):
+                        ray.kill(actor)
+                    self._actors[i] = self._new_actor(self.layout[i])
+                await self._await_ready(self._actors)
+                self._make_group()
+                await self._warm_up()
+            self._generation += 1
+
+    # ---------------------------------------------------------------- health
+
+    async def health(self, timeout_s: float = 2.0) -> list[dict[str, Any]]:
+        """Each stage's state: alive (Ray's view) and its recent timing."""
+        summary = self.stats.summary()
+        out = []
+        for spec, actor in zip(self.layout, self._actors, strict=True):
+            out.append(
+                {
+                    "name": spec.name,
+                    "role": spec.role,
+                    "parts": list(spec.parts),
+                    "state": "alive" if _alive(actor) else "dead",
+                    **summary.get(spec.name, {}),
+                }
+            )
+        return out
+
+
+def _alive(actor: Any) -> bool:
+    """Ray's own view of the actor (no call into it: a busy stage answers nothing until its queue drains)."""
+    try:
+        info = ray._private.state.actors(actor_id=actor._actor_id.hex())
+    except Exception:
+        return False
+    return bool(info) and info.get("State") in ("ALIVE", "PENDING_CREATION", "DEPENDENCIES_UNREADY", "RESTARTING")
+
+
+def _user_error(exc: BaseException) -> SvdpipeError | None:
+    """The request's own fault (bad image, bad parameter), raised inside a stage; None for infrastructure."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, SvdpipeError):
+        return cause
+    return None
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]

@@ -1,0 +1,71 @@
+"""Blocking helpers for one-shot use (the CLI): start Ray if needed, run the engine, tear it down."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+from collections.abc import Callable
+
+import numpy as np
+import PIL.Image
+import ray
+
+from svdpipe.config import EngineConfig, VideoParams
+from svdpipe.engine.core import Engine
+from svdpipe.local import VideoResult
+
+logger = logging.getLogger(__name__)
+
+
+def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+    """Join `address`, or start a local Ray (quietly) when none is running in this process."""
+    if ray.is_initialized():
+        return
+    kwargs: dict = {"namespace": "svdpipe", "log_to_driver": True, "configure_logging": False}
+    if address is not None:
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, **kwargs)
+
+
+def generate_once(
+    config: EngineConfig,
+    image: PIL.Image.Image,
+    params: VideoParams,
+    address: str | None = None,
+    on_steps: Callable[[int], None] | None = None,
+) -> VideoResult:
+    """Build an engine, run one request as raw frames, shut the engine down."""
+    ensure_ray(address)
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+
+    async def run() -> VideoResult:
+        engine = Engine(config)
+        await engine.start()
+        reported = 0
+
+        def progress(done: int, _total: int) -> None:
+            nonlocal reported
+            if on_steps is not None and done > reported:
+                on_steps(done - reported)
+                reported = done
+
+        try:
+            result = await engine.generate(buf.getvalue(), params, "npy", on_progress=progress)
+        finally:
+            await engine.shutdown()
+        frames = np.load(io.BytesIO(result.video.data))
+        for t in result.timings:
+            logger.info(
+                "%s: work %.1f ms, hop %.2f ms, queue %.1f ms (%d steps)",
+                t.stage,
+                t.work_ms,
+                t.hop_ms,
+                t.queue_ms,
+                t.steps,
+            )
+        return VideoResult(result.request_id, frames, result.params)
+
+    return asyncio.run(run())
