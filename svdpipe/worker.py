@@ -91,20 +91,20 @@ class StageWorker:
             state = stages.denoise(self.model, state, range(*steps), simulate_step_s=self.simulate_s)
         result: RequestState | EncodedVideo
         if self.spec.decodes:
-            result = self._decode(state, started)
+            result = self._decode(state, started, _steps(steps))
         else:
             trace = StageTrace(self.spec.name, started, time.time(), self.idle_since, _steps(steps))
             result = state.traced(trace).fresh() if self.fresh_tensors else state.traced(trace)
         self.idle_since = time.time()
         return result
 
-    def _decode(self, state: RequestState, started: float) -> EncodedVideo:
+    def _decode(self, state: RequestState, started: float, steps: int) -> EncodedVideo:
         from svdpipe import stages
         from svdpipe.video import encode_video
 
         frames = stages.decode(self.model, state)
         data = encode_video(frames, state.output_format, state.params.fps)  # type: ignore[arg-type]
-        trace = StageTrace(self.spec.name, started, time.time(), self.idle_since, _steps(None))
+        trace = StageTrace(self.spec.name, started, time.time(), self.idle_since, steps)
         return EncodedVideo(state.request_id, data, state.output_format, int(frames.shape[0]), (*state.trace, trace))  # type: ignore[arg-type]
 
 

@@ -146,7 +146,8 @@ class Engine:
         self._started = False
 
     def _new_actor(self, spec: ActorSpec) -> Any:
-        cls = ray.remote(StageWorker)
+        rdt = self.transport in _RDT
+        cls = ray.remote(enable_tensor_transport=True)(StageWorker) if rdt else ray.remote(StageWorker)
         options: dict[str, Any] = {
             "name": spec.name,
             "namespace": self.config.namespace,
@@ -154,15 +155,17 @@ class Engine:
             "num_gpus": self.config.num_gpus_per_actor,
             "max_restarts": 0,
             "max_concurrency": 1,  # stage actors stay single-threaded (RDT's rule, and one UNet at a time)
+            # Run whichever queued call has its input first: no head-of-line blocking behind a request still
+            # upstream, and a cancelled call that never got its input does not stall the calls behind it
+            # (in-order actors wait 30 s for the missing sequence number, then fail them).
+            "allow_out_of_order_execution": True,
             "scheduling_strategy": PlacementGroupSchedulingStrategy(
                 placement_group=self._pg, placement_group_bundle_index=self._first_bundle + spec.index
             ),
         }
-        if self.transport in _RDT:
-            options["enable_tensor_transport"] = True
         for attempt in range(50):  # a replaced actor's name frees once Ray has marked it dead
             try:
-                return cls.options(**options).remote(self.config, spec, self.transport in _RDT)
+                return cls.options(**options).remote(self.config, spec, rdt)
             except ValueError as exc:
                 if "already taken" not in str(exc) or attempt == 49:
                     raise
@@ -181,9 +184,10 @@ class Engine:
             return
         from ray.experimental.collective import create_collective_group
 
-        self._group = create_collective_group(
-            self._actors, backend=backend, name=f"{self.config.name_prefix}-{uuid.uuid4().hex[:8]}"
-        )
+        # Named "default": gloo ranks use torch's process-wide world group, which only a group of that name
+        # tears down, so surviving actors can join the rebuilt group after a failure. One grouped engine per
+        # process therefore.
+        self._group = create_collective_group(self._actors, backend=backend, name="default")
 
     def _destroy_group(self) -> None:
         if self._group is None:
@@ -224,9 +228,11 @@ class Engine:
         output_format: OutputFormat = "mp4",
         request_id: str | None = None,
         on_progress: ProgressCallback | None = None,
+        timeout_s: float | None = None,
     ) -> EngineResult:
         """Run one request; waits for a slot (max_inflight), retries once on a stage failure.
 
+        `timeout_s` (default: config.request_timeout_s) counts from admission into the pipeline.
         Raises RequestCancelledError, RequestTimeoutError, RequestFailedError, or InvalidRequestError.
         """
         if not self._started or self._slots is None:
@@ -245,7 +251,9 @@ class Engine:
         async with self._slots:
             self._inflight[request_id] = inf
             try:
-                return await self._run(inf, image_png, params, output_format)
+                return await self._run(
+                    inf, image_png, params, output_format, timeout_s or self.config.request_timeout_s
+                )
             finally:
                 self._inflight.pop(request_id, None)
 
@@ -277,9 +285,7 @@ class Engine:
             except asyncio.TimeoutError as exc:
                 self._cancel_refs(inf)
                 self.failed += 1
-                raise RequestTimeoutError(
-                    f"request {inf.request_id} did not finish within {self.config.request_timeout_s:g} s"
-                ) from exc
+                raise RequestTimeoutError(f"request {inf.request_id} did not finish within {timeout_s:g} s") from exc
             except asyncio.CancelledError:
                 self._cancel_refs(inf)
                 raise

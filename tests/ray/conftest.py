@@ -1,0 +1,77 @@
+"""One local Ray per session (CPU actors) and a background event loop the engines live on."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import threading
+from collections.abc import Coroutine, Iterator
+from typing import Any, TypeVar
+
+import PIL.Image
+import pytest
+
+T = TypeVar("T")
+
+
+class LoopThread:
+    """An asyncio loop in a thread: engines keep tasks between tests, pytest stays synchronous."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 180) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def submit(self, coro: Coroutine[Any, Any, T]):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[None]:
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, namespace="svdpipe-tests", configure_logging=False,
+             log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def aloop(ray_session) -> Iterator[LoopThread]:
+    lt = LoopThread()
+    yield lt
+    lt.stop()
+
+
+@contextlib.contextmanager
+def running_engine(aloop: LoopThread, **config: Any):
+    """An engine for the duration of a `with`, torn down (actors killed) afterwards."""
+    from svdpipe.config import EngineConfig
+    from svdpipe.engine import Engine
+
+    config.setdefault("torch_threads", 1)
+    config.setdefault("num_cpus_per_actor", 0.05)
+    engine = Engine(EngineConfig(**config))
+    aloop.run(engine.start(), timeout=300)
+    try:
+        yield engine
+    finally:
+        aloop.run(engine.shutdown(), timeout=60)
+
+
+@pytest.fixture(scope="session")
+def png() -> bytes:
+    import numpy as np
+
+    rng = np.random.default_rng(7)
+    buf = io.BytesIO()
+    PIL.Image.fromarray(rng.integers(0, 256, (64, 80, 3), dtype=np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
