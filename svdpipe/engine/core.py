@@ -266,9 +266,11 @@ class Engine:
         self._cancel_refs(inf)
         return True
 
-    async def _run(self, inf: _Inflight, image_png: bytes, params: ResolvedParams, fmt: OutputFormat) -> EngineResult:
+    async def _run(
+        self, inf: _Inflight, image_png: bytes, params: ResolvedParams, fmt: OutputFormat, timeout_s: float
+    ) -> EngineResult:
         admitted = time.time()
-        deadline = admitted + self.config.request_timeout_s
+        deadline = admitted + timeout_s
         ranges = self._ranges(params.num_inference_steps)
         attempt = 0
         while True:
