@@ -65,6 +65,17 @@ class _Inflight:
     on_progress: ProgressCallback | None = None
     step_marks: list[tuple[ray.ObjectRef, int]] = field(default_factory=list)  # (ref, steps done when ready)
     total_steps: int = 0
+    reported: int = 0
+
+    def report(self, steps_done: int) -> None:
+        """Tell the caller about newly completed steps (each count once, never backwards)."""
+        if self.on_progress is None or steps_done <= self.reported:
+            return
+        self.reported = steps_done
+        try:
+            self.on_progress(steps_done, self.total_steps)
+        except Exception:  # a broken progress callback must not break the request
+            logger.exception("progress callback for %s failed", self.request_id)
 
 
 class Engine:
@@ -88,6 +99,7 @@ class Engine:
         self._slots: asyncio.Semaphore | None = None
         self._rebuild_lock: asyncio.Lock | None = None
         self._progress_task: asyncio.Task | None = None
+        self._recovery: asyncio.Task | None = None
         self._started = False
         self.completed = 0
         self.failed = 0
@@ -114,11 +126,15 @@ class Engine:
                     f"could not reserve {len(self.layout)} bundles of {bundles(self.config)[0]} "
                     f"({self.config.placement_strategy}) within 60 s: {ray.available_resources()} available"
                 ) from exc
-        # 3. actors, group, warm-up
-        self._actors = [self._new_actor(spec) for spec in self.layout]
-        await self._await_ready(self._actors)
-        self._make_group()
-        await self._warm_up()
+        # 3. actors, group, warm-up; on any failure release what was built
+        try:
+            self._actors = [self._new_actor(spec) for spec in self.layout]
+            await self._await_ready(self._actors)
+            self._make_group()
+            await self._warm_up()
+        except BaseException:
+            await self.shutdown()
+            raise
         self._progress_task = asyncio.get_running_loop().create_task(self._progress_loop())
         self._started = True
         logger.info(
@@ -163,14 +179,17 @@ class Engine:
                 placement_group=self._pg, placement_group_bundle_index=self._first_bundle + spec.index
             ),
         }
-        for attempt in range(50):  # a replaced actor's name frees once Ray has marked it dead
+        for _ in range(50):  # a replaced actor's name frees once Ray has marked it dead
             try:
                 return cls.options(**options).remote(self.config, spec, rdt)
-            except ValueError as exc:
-                if "already taken" not in str(exc) or attempt == 49:
+            except ValueError as exc:  # ActorAlreadyExistsError
+                if "already taken" not in str(exc):
                     raise
                 time.sleep(0.1)
-        raise AssertionError("unreachable")
+        raise ConfigError(
+            f"an actor named {spec.name!r} already exists in Ray namespace {self.config.namespace!r}: is another "
+            "svdpipe engine running? Give this one another name_prefix or namespace"
+        )
 
     async def _await_ready(self, actors: list[Any]) -> None:
         try:
@@ -275,11 +294,14 @@ class Engine:
         attempt = 0
         while True:
             attempt += 1
+            if self._recovery is not None and not self._recovery.done():
+                await asyncio.shield(self._recovery)  # don't submit to actors being replaced
             generation = self._generation
             submitted = time.time()
             req = EncodeRequest(inf.request_id, image_png, params, fmt, submitted)
             inf.refs = self._submit_chain(req, ranges)
             inf.step_marks = self._step_marks(inf.refs, ranges)
+            inf.reported = 0  # a retry starts over
             try:
                 video: EncodedVideo = await asyncio.wait_for(
                     asyncio.wrap_future(inf.refs[-1].future()), timeout=max(0.0, deadline - time.time())
@@ -299,17 +321,23 @@ class Engine:
                     self.failed += 1
                     raise user_error from None
                 logger.warning("request %s attempt %d failed: %s", inf.request_id, attempt, _short(exc))
+                recovery = self._recovery_for(generation)  # rebuild even if this request gives up
                 if attempt > self.config.max_retries:
                     self.failed += 1
                     raise RequestFailedError(
                         f"request {inf.request_id} failed after {attempt} attempt(s): {_short(exc)}"
                     ) from exc
-                await self._recover(generation)
+                try:
+                    await asyncio.shield(recovery)
+                except Exception as rebuild_exc:
+                    self.failed += 1
+                    raise RequestFailedError(
+                        f"request {inf.request_id} failed and the stages could not be rebuilt: {_short(rebuild_exc)}"
+                    ) from rebuild_exc
                 if inf.cancelled:
                     raise RequestCancelledError(f"request {inf.request_id} was cancelled") from None
                 continue
-            if inf.on_progress is not None:
-                inf.on_progress(inf.total_steps, inf.total_steps)
+            inf.report(inf.total_steps)
             timings = self.stats.add(video.trace, submitted)
             self.completed += 1
             return EngineResult(inf.request_id, video, params, timings, time.time() - admitted, attempt)
@@ -363,11 +391,16 @@ class Engine:
                 for i, (mark_ref, steps) in enumerate(inf.step_marks):
                     if mark_ref == ref:
                         inf.step_marks.pop(i)
-                        with contextlib.suppress(Exception):
-                            inf.on_progress(steps, inf.total_steps)  # type: ignore[misc]
+                        inf.report(steps)
                         break
 
     # ---------------------------------------------------------------- failures
+
+    def _recovery_for(self, generation: int) -> asyncio.Task:
+        """The one rebuild task for failures seen at `generation` (started on first call)."""
+        if self._recovery is None or (self._recovery.done() and self._generation == generation):
+            self._recovery = asyncio.get_running_loop().create_task(self._recover(generation))
+        return self._recovery
 
     async def _recover(self, generation: int) -> None:
         """Replace dead actors (and the collective group they were in); one rebuild per failure."""

@@ -38,8 +38,9 @@ class LoopThread:
 def ray_session() -> Iterator[None]:
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, namespace="svdpipe-tests", configure_logging=False,
-             log_to_driver=False)
+    ray.init(
+        num_cpus=2, include_dashboard=False, namespace="svdpipe-tests", configure_logging=False, log_to_driver=False
+    )
     yield
     ray.shutdown()
 
