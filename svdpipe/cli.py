@@ -45,8 +45,9 @@ def add_model_flags(
             continue
         flag = (aliases or {}).get(name, "--" + name.replace("_", "-"))
         kind, choices = _flag_type(field.annotation)
-        default = field.default
-        help_text = f"{field.description} (default: {default})"
+        help_text = field.description or ""
+        if field.default_factory is None:
+            help_text += f" (default: {field.default})"
         if kind is bool:
             group.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:
@@ -72,6 +73,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_flags(gen, EngineConfig, _ENGINE_ALIASES, _ENGINE_SKIP)
     add_model_flags(gen, VideoParams)
 
+    srv = sub.add_parser("serve", help="run the HTTP jobs API (Ray Serve) until interrupted")
+    srv.add_argument("--host", default="127.0.0.1", help="address to listen on (default: localhost only)")
+    srv.add_argument("--port", type=int, default=8000, help="HTTP port")
+    srv.add_argument("--address", default=None, help="join this Ray cluster (e.g. 'auto'; default: start a local Ray)")
+    add_model_flags(srv, EngineConfig, _ENGINE_ALIASES, _ENGINE_SKIP)
+    from svdpipe.service.config import ServiceConfig
+
+    add_model_flags(srv, ServiceConfig, skip={"engine"})
+
     exp = sub.add_parser("export-model", help="save a built-in model as a diffusers directory")
     exp.add_argument("--model", default="tiny", choices=["tiny", "random-full", "random-full-xt"])
     exp.add_argument("directory")
@@ -92,6 +102,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _generate(args)
         if args.command == "export-model":
             return _export_model(args)
+        if args.command == "serve":
+            return _serve(args)
     except (SvdpipeError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
         print(f"svdpipe: error: {describe_validation_error(exc)}", file=sys.stderr)
         return 2
@@ -149,4 +161,36 @@ def _export_model(args: argparse.Namespace) -> int:
 
     build_random_pipeline(args.model).save_pretrained(args.directory)
     print(f"saved {args.model} to {args.directory}")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import os
+    import time
+
+    from svdpipe.service.config import ServiceConfig
+
+    engine = model_from_args(EngineConfig, args)
+    config = model_from_args(ServiceConfig, args, engine=engine)
+    # Ray workers do not share this shell's working directory: make the data directory absolute.
+    config = config.model_copy(update={"data_dir": os.path.abspath(config.data_dir)})
+    if config.api_key is None and args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"svdpipe: warning: listening on {args.host} without an API key (set SVDPIPE_API_KEY)", file=sys.stderr)
+
+    from ray import serve
+
+    from svdpipe.engine.sync import ensure_ray
+    from svdpipe.service.app import app_builder
+
+    ensure_ray(args.address, dashboard=True)
+    serve.start(http_options={"host": args.host, "port": args.port})
+    serve.run(app_builder(config), name="svdpipe", route_prefix="/")
+    print(f"svdpipe: serving on http://{args.host}:{args.port} (API docs at /docs); Ctrl-C stops", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        serve.shutdown()
     return 0

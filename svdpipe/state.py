@@ -21,6 +21,7 @@ class StageTrace:
     finished: float
     idle_since: float  # when this stage finished its previous task (before `started` means it waited)
     steps: int = 0
+    codec_s: float = 0.0  # of the work, time spent encoding or decoding (colocated stages)
 
 
 @dataclass(frozen=True)

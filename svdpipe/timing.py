@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict, deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -18,6 +19,12 @@ class HopTiming:
     queue_ms: float  # the input was ready but the stage was busy with another request
     work_ms: float  # the stage's own compute on this request
     steps: int
+    codec_ms: float = 0.0  # part of work_ms spent encoding/decoding (colocated first/last stage)
+
+    @property
+    def step_ms(self) -> float:
+        """Time per denoising step on this stage (0 for a stage without steps)."""
+        return (self.work_ms - self.codec_ms) / self.steps if self.steps else 0.0
 
 
 def hop_timings(trace: Sequence[StageTrace], submitted: float) -> list[HopTiming]:
@@ -37,6 +44,7 @@ def hop_timings(trace: Sequence[StageTrace], submitted: float) -> list[HopTiming
                 queue_ms=max(0.0, entry.idle_since - ready) * 1000,
                 work_ms=(entry.finished - entry.started) * 1000,
                 steps=entry.steps,
+                codec_ms=entry.codec_s * 1000,
             )
         )
         ready = entry.finished
@@ -59,19 +67,20 @@ class StageStats:
             _push(self.hop_ms[t.stage], t.hop_ms, self.window)
             _push(self.queue_ms[t.stage], t.queue_ms, self.window)
             if t.steps:
-                _push(self.step_ms[t.stage], t.work_ms / t.steps, self.window)
+                _push(self.step_ms[t.stage], t.step_ms, self.window)
             _push(self.busy[t.stage], (entry.started, entry.finished), self.window)
         return timings
 
-    def summary(self) -> dict[str, dict[str, float]]:
-        """Per stage: median hop/queue/step ms and busy fraction over the span its recent work covers."""
+    def summary(self, busy_window_s: float = 60.0, now: float | None = None) -> dict[str, dict[str, float]]:
+        """Per stage: median hop/queue/step ms, and the busy fraction over the last `busy_window_s`."""
+        end = time.time() if now is None else now
         out: dict[str, dict[str, float]] = {}
         for stage in self.busy:
             out[stage] = {
                 "hop_ms_p50": median(self.hop_ms[stage]),
                 "queue_ms_p50": median(self.queue_ms[stage]),
                 "step_ms_p50": median(self.step_ms[stage]) if self.step_ms[stage] else 0.0,
-                "busy_fraction": busy_fraction(self.busy[stage]),
+                "busy_fraction": busy_fraction(self.busy[stage], end - busy_window_s, end),
             }
         return out
 

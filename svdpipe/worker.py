@@ -79,32 +79,37 @@ class StageWorker:
         from svdpipe.images import load_image
 
         started = time.time()
+        codec_s = 0.0
         if isinstance(item, EncodeRequest):
             if not self.spec.encodes:
                 raise RuntimeError(f"{self.spec.name} got an encode request but does not encode")
             state = stages.encode(
                 self.model, load_image(item.image_png), item.params, item.request_id, item.output_format
             )
+            codec_s = time.time() - started
         else:
             state = item
         if steps is not None:
             state = stages.denoise(self.model, state, range(*steps), simulate_step_s=self.simulate_s)
         result: RequestState | EncodedVideo
         if self.spec.decodes:
-            result = self._decode(state, started, _steps(steps))
+            result = self._decode(state, started, _steps(steps), codec_s)
         else:
-            trace = StageTrace(self.spec.name, started, time.time(), self.idle_since, _steps(steps))
+            trace = StageTrace(self.spec.name, started, time.time(), self.idle_since, _steps(steps), codec_s)
             result = state.traced(trace).fresh() if self.fresh_tensors else state.traced(trace)
         self.idle_since = time.time()
         return result
 
-    def _decode(self, state: RequestState, started: float, steps: int) -> EncodedVideo:
+    def _decode(self, state: RequestState, started: float, steps: int, codec_s: float) -> EncodedVideo:
         from svdpipe import stages
         from svdpipe.video import encode_video
 
+        decode_start = time.time()
         frames = stages.decode(self.model, state)
         data = encode_video(frames, state.output_format, state.params.fps)  # type: ignore[arg-type]
-        trace = StageTrace(self.spec.name, started, time.time(), self.idle_since, steps)
+        finished = time.time()
+        codec_s += finished - decode_start
+        trace = StageTrace(self.spec.name, started, finished, self.idle_since, steps, codec_s)
         return EncodedVideo(state.request_id, data, state.output_format, int(frames.shape[0]), (*state.trace, trace))  # type: ignore[arg-type]
 
 

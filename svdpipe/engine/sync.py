@@ -18,15 +18,15 @@ from svdpipe.local import VideoResult
 logger = logging.getLogger(__name__)
 
 
-def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
-    """Join `address`, or start a local Ray (quietly) when none is running in this process."""
+def ensure_ray(address: str | None = None, num_cpus: int | None = None, dashboard: bool = False) -> None:
+    """Join `address`, or start a local Ray when none is running in this process."""
     if ray.is_initialized():
         return
     kwargs: dict = {"namespace": "svdpipe", "log_to_driver": True, "configure_logging": False}
     if address is not None:
         ray.init(address=address, **kwargs)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, **kwargs)
+        ray.init(num_cpus=num_cpus, include_dashboard=dashboard, **kwargs)
 
 
 def generate_once(

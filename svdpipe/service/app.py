@@ -1,0 +1,321 @@
+"""The Ray Serve application: a FastAPI jobs API for image-to-video whose replica owns the stage engine.
+
+The replica reserves a placement group (its own bundle first, then one per stage actor, the pattern Ray Serve
+LLM uses), builds the engine inside it, and serves the OpenAI-videos-shaped jobs API on top of a job manager
+and a durable job store. `app_builder` is the typed builder that `serve run deploy/serve_config.yaml` and
+`svdpipe serve` both use.
+
+(No `from __future__ import annotations` here: FastAPI must see real types on the ingress methods.)
+"""
+
+import base64
+import binascii
+import hmac
+import json
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, RedirectResponse, Response
+from pydantic import ValidationError
+from ray import serve
+from ray.serve import Application
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from svdpipe import __version__
+from svdpipe.config import VideoParams
+from svdpipe.errors import InvalidRequestError, describe_validation_error
+from svdpipe.images import load_image
+from svdpipe.service.config import ServiceConfig
+from svdpipe.service.jobs import JobManager, QueueFull
+from svdpipe.service.schemas import (
+    CreateVideoForm,
+    CreateVideoJSON,
+    DeletedVideo,
+    ErrorBody,
+    Health,
+    VideoJob,
+    VideoJobList,
+)
+from svdpipe.service.store import STATUSES, JobRecord
+from svdpipe.video import CONTENT_TYPES
+
+logger = logging.getLogger(__name__)
+
+_PARAM_FIELDS = set(VideoParams.model_fields)
+_FORM_FIELDS = _PARAM_FIELDS | {"output_format"}
+
+
+class ApiError(Exception):
+    """An error answered with `status` and an OpenAI-style JSON error body."""
+
+    def __init__(self, status: int, message: str, kind: str = "invalid_request_error", headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.message, self.kind, self.headers = status, message, kind, headers or {}
+
+
+def _error(status: int, message: str, kind: str, headers: dict | None = None) -> JSONResponse:
+    body = ErrorBody(error={"message": message, "type": kind, "code": str(status)})  # type: ignore[arg-type]
+    return JSONResponse(body.model_dump(), status_code=status, headers=headers)
+
+
+api = FastAPI(
+    title="svdpipe",
+    version=__version__,
+    description="Image-to-video with Stable Video Diffusion, denoising steps pipelined across GPU workers.",
+)
+
+
+@api.exception_handler(ApiError)
+async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
+    return _error(exc.status, exc.message, exc.kind, exc.headers)
+
+
+@api.exception_handler(RequestValidationError)
+async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    return _error(422, describe_validation_error(exc), "invalid_request_error")
+
+
+@api.exception_handler(StarletteHTTPException)
+async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    return _error(
+        exc.status_code, str(exc.detail), "invalid_request_error" if exc.status_code < 500 else "server_error"
+    )
+
+
+@api.exception_handler(Exception)
+async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
+    logger.exception("unexpected error")
+    return _error(500, f"internal error: {type(exc).__name__}", "server_error")
+
+
+_CREATE_DOC = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {"schema": CreateVideoForm.model_json_schema()},
+            "application/json": {"schema": CreateVideoJSON.model_json_schema()},
+        },
+    }
+}
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody, "description": text}
+    for code, text in {
+        400: "Bad input (not an image, bad parameter)",
+        401: "Missing or wrong API key",
+        404: "Unknown job id",
+        409: "Video not ready",
+        413: "Upload too large",
+        415: "Unsupported content type",
+        429: "Queue full; see Retry-After",
+    }.items()
+}
+
+
+@serve.deployment(max_ongoing_requests=512, graceful_shutdown_timeout_s=30)
+@serve.ingress(api)
+class VideoService:
+    """The ingress replica: owns the engine (and so the stage actors), the job manager and the store."""
+
+    async def __init__(self, config: ServiceConfig | dict[str, Any]) -> None:
+        from ray.util import get_current_placement_group
+
+        from svdpipe.engine import Engine
+        from svdpipe.service.metrics import ServiceMetrics
+        from svdpipe.service.store import SQLiteJobStore
+
+        self.config = config if isinstance(config, ServiceConfig) else ServiceConfig.model_validate(config)
+        pg = get_current_placement_group()
+        # Bundle 0 is this replica's; the stage actors take the bundles after it.
+        self.engine = Engine(self.config.engine, placement_group=pg, first_bundle=1 if pg is not None else 0)
+        await self.engine.start()
+        self.store = SQLiteJobStore(self.config.data_dir)
+        self.jobs = JobManager(self.engine, self.store, self.config, ServiceMetrics())
+        await self.jobs.start()
+        logger.info("svdpipe service ready: data in %s", self.config.data_dir)
+
+    async def __del__(self) -> None:
+        await self.jobs.stop()
+        await self.engine.shutdown()
+        self.store.close()
+
+    # ---------------------------------------------------------------- helpers
+
+    def _auth(self, request: Request) -> None:
+        key = self.config.api_key
+        if key is None:
+            return
+        given = request.headers.get("authorization", "")
+        if not (given.startswith("Bearer ") and hmac.compare_digest(given[7:].encode(), key.encode())):
+            raise ApiError(
+                401, "missing or invalid API key (send 'Authorization: Bearer <key>')", "authentication_error"
+            )
+
+    def _job(self, record: JobRecord) -> VideoJob:
+        return VideoJob.from_record(record, self.jobs.queue_position(record.id))
+
+    def _get(self, job_id: str) -> JobRecord:
+        record = self.jobs.get(job_id)
+        if record is None:
+            raise ApiError(404, f"no video job with id {job_id!r}", "not_found_error")
+        return record
+
+    async def _parse_create(self, request: Request) -> tuple[bytes, VideoParams, str]:
+        length = request.headers.get("content-length")
+        if length is None:
+            raise ApiError(411, "a Content-Length header is required")
+        if not length.isdigit() or int(length) > self.config.max_upload_bytes:
+            raise ApiError(413, f"request body is larger than {self.config.max_upload_bytes} bytes")
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if ctype == "multipart/form-data":
+            try:
+                form = await request.form(max_files=1, max_fields=64, max_part_size=self.config.max_upload_bytes)
+            except Exception as exc:  # malformed multipart
+                raise ApiError(400, f"malformed multipart body: {exc}") from exc
+            upload = form.get("image")
+            if upload is None or isinstance(upload, str):
+                raise ApiError(400, "multipart field 'image' (a file) is required")
+            image = await upload.read()
+            fields = {k: v for k, v in form.items() if k != "image" and isinstance(v, str) and v.strip() != ""}
+        elif ctype == "application/json":
+            try:
+                body = json.loads(await request.body())
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise ApiError(400, f"invalid JSON: {exc}") from exc
+            if not isinstance(body, dict):
+                raise ApiError(400, "the JSON body must be an object")
+            try:
+                parsed = CreateVideoJSON.model_validate(body)
+            except ValidationError as exc:
+                raise ApiError(400, describe_validation_error(exc)) from exc
+            image = _decode_data_url(parsed.image)
+            fields = parsed.model_dump(exclude={"image"}, exclude_none=True)
+        else:
+            raise ApiError(415, "send multipart/form-data (image file + fields) or application/json (data URL)")
+        unknown = set(fields) - _FORM_FIELDS
+        if unknown:
+            raise ApiError(400, f"unknown field(s): {', '.join(sorted(unknown))}")
+        fmt = str(fields.pop("output_format", "mp4"))
+        if fmt not in ("mp4", "webm", "gif"):
+            raise ApiError(400, f"output_format must be mp4, webm or gif, not {fmt!r}")
+        try:
+            params = VideoParams.model_validate(fields)
+        except ValidationError as exc:
+            raise ApiError(400, describe_validation_error(exc)) from exc
+        return image, params, fmt
+
+    # ---------------------------------------------------------------- routes
+
+    @api.get("/", include_in_schema=False)
+    async def root(self) -> RedirectResponse:
+        return RedirectResponse("/docs")
+
+    @api.post(
+        "/v1/videos",
+        status_code=202,
+        response_model=VideoJob,
+        openapi_extra=_CREATE_DOC,
+        responses=_ERRORS,
+        summary="Create a video job from an image",
+    )
+    async def create_video(self, request: Request) -> VideoJob:
+        self._auth(request)
+        image, params, fmt = await self._parse_create(request)
+        try:
+            load_image(image, self.config.max_image_pixels)  # reject bad images now, not in the pipeline
+            record = self.jobs.submit(image, params, fmt)  # type: ignore[arg-type]
+        except QueueFull as exc:
+            raise ApiError(429, str(exc), "rate_limit_error", {"Retry-After": str(exc.retry_after_s)}) from exc
+        except InvalidRequestError as exc:
+            raise ApiError(400, str(exc)) from exc
+        return self._job(record)
+
+    @api.get("/v1/videos", response_model=VideoJobList, responses=_ERRORS, summary="List jobs, newest first")
+    async def list_videos(
+        self,
+        request: Request,
+        limit: int = Query(20, ge=1, le=100),
+        after: str | None = Query(None, description="Cursor: the last id of the previous page."),
+        status: str | None = Query(None, description="Only jobs in this status."),
+    ) -> VideoJobList:
+        self._auth(request)
+        if status is not None and status not in STATUSES:
+            raise ApiError(400, f"status must be one of {', '.join(STATUSES)}")
+        if after is not None and self.jobs.get(after) is None:
+            raise ApiError(400, f"unknown cursor {after!r}")
+        records = self.store.list(limit=limit + 1, after=after, status=status)
+        page = [self._job(self.jobs.get(r.id) or r) for r in records[:limit]]
+        return VideoJobList(
+            data=page,
+            first_id=page[0].id if page else None,
+            last_id=page[-1].id if page else None,
+            has_more=len(records) > limit,
+        )
+
+    @api.get("/v1/videos/{video_id}", response_model=VideoJob, responses=_ERRORS, summary="Get a job")
+    async def get_video(self, request: Request, video_id: str) -> VideoJob:
+        self._auth(request)
+        return self._job(self._get(video_id))
+
+    @api.get(
+        "/v1/videos/{video_id}/content",
+        responses={**_ERRORS, 200: {"content": {t: {} for t in CONTENT_TYPES.values()}}},
+        response_class=Response,
+        summary="Download the finished video",
+    )
+    async def get_content(self, request: Request, video_id: str) -> Response:
+        self._auth(request)
+        record = self._get(video_id)
+        if record.status != "completed":
+            raise ApiError(409, f"video {video_id} is {record.status}, not completed", "conflict_error")
+        data = self.store.content(video_id)
+        if data is None:
+            raise ApiError(404, f"the video of {video_id} is no longer stored", "not_found_error")
+        return Response(
+            data,
+            media_type=CONTENT_TYPES[record.output_format],
+            headers={"Content-Disposition": f'attachment; filename="{video_id}.{record.output_format}"'},
+        )
+
+    @api.post("/v1/videos/{video_id}/cancel", response_model=VideoJob, responses=_ERRORS, summary="Cancel a job")
+    async def cancel_video(self, request: Request, video_id: str) -> VideoJob:
+        self._auth(request)
+        self._get(video_id)
+        record = self.jobs.cancel(video_id)
+        return self._job(record or self._get(video_id))
+
+    @api.delete("/v1/videos/{video_id}", response_model=DeletedVideo, responses=_ERRORS, summary="Delete a job")
+    async def delete_video(self, request: Request, video_id: str) -> DeletedVideo:
+        self._auth(request)
+        self._get(video_id)
+        return DeletedVideo(id=video_id, deleted=self.jobs.delete(video_id))
+
+    @api.get("/v1/health", response_model=Health, summary="Each stage's state")
+    async def health(self) -> Health:
+        return Health.model_validate(await self.jobs.health())
+
+
+def _decode_data_url(url: str) -> bytes:
+    if not url.startswith("data:") or "," not in url:
+        raise ApiError(400, "image must be a data URL: data:image/<type>;base64,<data>")
+    header, data = url[5:].split(",", 1)
+    if not header.endswith(";base64"):
+        raise ApiError(400, "image data URL must be base64-encoded (data:image/png;base64,...)")
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ApiError(400, f"image data URL is not valid base64: {exc}") from exc
+
+
+def app_builder(args: ServiceConfig) -> Application:
+    """Typed Serve app builder: `serve run svdpipe.service.app:app_builder` / deploy/serve_config.yaml."""
+    if isinstance(args, dict):  # older Serve passes the raw dict
+        args = ServiceConfig.model_validate(args)
+    if args.api_key is None:
+        logger.info("no API key configured: the jobs API is open (fine on localhost; set SVDPIPE_API_KEY otherwise)")
+    return VideoService.options(
+        placement_group_bundles=args.bundles(),
+        placement_group_strategy=args.engine.placement_strategy,
+        ray_actor_options={"num_cpus": args.replica_cpus},
+    ).bind(args.model_dump())
