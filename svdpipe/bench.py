@@ -49,6 +49,7 @@ from svdpipe.profile import CostProfile, stage_loads, step_weights
 if TYPE_CHECKING:
     from svdpipe.config import EngineConfig, ResolvedParams
     from svdpipe.engine import Engine, EngineResult
+    from svdpipe.local import LocalPipeline
     from svdpipe.models import SVDModel
     from svdpipe.state import StageTrace
     from svdpipe.timing import HopTiming
@@ -118,6 +119,37 @@ def least_loaded(loads: Sequence[int]) -> int:
     return min(range(len(loads)), key=lambda i: (loads[i], i))
 
 
+def projection(profile: CostProfile, num_steps: int, gpus: int, hop_s: float) -> dict[str, dict[str, float]]:
+    """Throughput and idle latency of each mode on `gpus` GPUs, from per-phase costs and a per-hop overhead.
+
+    Pure arithmetic, for machines we cannot measure on. sequential: one GPU does everything; data-parallel:
+    `gpus` such replicas; pipeline: `gpus` stages with the codec colocated (encode on the first, decode on the
+    last), split by step count and by cost (step_weights). Every hand-off (dispatch, stage to stage, result)
+    adds `hop_s` to latency, and each actor pays it once per request as turnaround, so it is added to the
+    busiest actor's cycle too.
+    """
+    if gpus < 1 or num_steps < gpus:
+        raise ValueError(f"need 1 <= gpus <= steps, got {gpus} GPUs for {num_steps} steps")
+    whole = profile.encode_s + num_steps * profile.typical_step_s + profile.decode_s
+    rows: dict[str, dict[str, float]] = {
+        "sequential": {"gpus": 1, "bottleneck_s": whole, "hops": 2},
+        "data-parallel": {"gpus": gpus, "bottleneck_s": whole, "hops": 2},
+    }
+    for name, weights in (
+        ("pipeline, count split", None),
+        ("pipeline, cost-balanced", step_weights(profile, num_steps, colocate_codec=True)),
+    ):
+        loads = stage_loads(profile, num_steps, gpus, True, weights)
+        rows[name] = {"gpus": gpus, "bottleneck_s": max(loads), "hops": gpus + 1}
+    for name, row in rows.items():
+        replicas = row["gpus"] if name == "data-parallel" else 1
+        row["samples_per_hour"] = bound_samples_per_hour([row["bottleneck_s"] + hop_s], replicas)
+        row["ideal_samples_per_hour"] = ideal_samples_per_hour(int(row["gpus"]), num_steps, profile.typical_step_s)
+        row["efficiency"] = efficiency(row["samples_per_hour"], row["ideal_samples_per_hour"])
+        row["idle_latency_s"] = whole + row["hops"] * hop_s
+    return rows
+
+
 # ---------------------------------------------------------------- settings
 
 
@@ -182,7 +214,6 @@ class Sample:
     replica: int
     sent: float
     done: float
-    latency_s: float
     timings: tuple[HopTiming, ...]
     trace: tuple[StageTrace, ...]
 
@@ -205,9 +236,7 @@ async def closed_loop(dispatch: Dispatch, total: int, concurrency: int, desc: st
             sent += 1
             t0 = time.time()
             replica, result = await dispatch(index)
-            samples.append(
-                Sample(index, replica, t0, time.time(), result.latency_s, tuple(result.timings), result.video.trace)
-            )
+            samples.append(Sample(index, replica, t0, time.time(), tuple(result.timings), result.video.trace))
             bar.update()
 
     try:
@@ -224,31 +253,41 @@ def summarise(samples: Sequence[Sample], workers: int) -> dict[str, Any]:
     done = sorted(s.done for s in samples)
     a, b = steady_state_window(len(done), workers)
     start, end = done[a], done[b]
-    rate = steady_state_rate(done, workers)
     measured = [s for s in samples if start < s.done <= end]
-    latencies = [s.latency_s for s in measured]
-    # Hops into stages after the first: input ready (previous stage done) and stage free -> stage started.
-    hops = [t.hop_ms for s in measured for t in s.timings[1:]]
+    latencies = [s.done - s.sent for s in measured]
+    # Hops into every stage but the first: from the input being ready (previous stage finished) and the
+    # stage being free, to the stage starting. Split by whether the stage was idle when the input came
+    # (the hand-off's latency) or busy (the input waited: the stage's own turnaround between requests).
+    later = [t for s in measured for t in s.timings[1:]]
+    idle_hops = [t.hop_ms for t in later if t.queue_ms <= 0]
+    busy_hops = [t.hop_ms for t in later if t.queue_ms > 0]
     # Into the first stage: the engine submitting the chain (or the stage freeing up) -> stage started.
     dispatch = [s.timings[0].hop_ms for s in measured]
-    step_ms = [t.work_ms / t.steps for s in measured for t in s.timings if t.steps]
+    steps = [t.step_ms for s in measured for t in s.timings if t.steps]
+    codec = [t.codec_ms for s in measured for t in s.timings if t.codec_ms > 0]
+    # Busy fraction of each stage over the span in which it worked on the measured requests (the first
+    # one's start to the last one's finish): a window of completions would count the upstream stages'
+    # idle drain at the end of the run.
     intervals: dict[str, list[tuple[float, float]]] = defaultdict(list)
-    for s in samples:
+    for s in measured:
         for entry in s.trace:
             intervals[entry.stage].append((entry.started, entry.finished))
     return {
         "requests": len(samples),
         "measured_requests": b - a,
         "window_s": end - start,
-        "samples_per_hour": 3600.0 * rate,
+        "samples_per_hour": 3600.0 * steady_state_rate(done, workers),
         "latency_p50_s": percentile(latencies, 50),
         "latency_p95_s": percentile(latencies, 95),
-        "per_hop_ms": median(hops) if hops else None,
-        "per_hop_p95_ms": percentile(hops, 95) if hops else None,
-        "hops_per_request": len(samples[0].timings) - 1 if samples else 0,
+        "hops_per_request": len(measured[0].timings) - 1 if measured else 0,
+        "per_hop_ms": median(t.hop_ms for t in later) if later else None,
+        "per_hop_p95_ms": percentile([t.hop_ms for t in later], 95) if later else None,
+        "hop_into_idle_stage_ms": median(idle_hops) if idle_hops else None,
+        "hop_into_busy_stage_ms": median(busy_hops) if busy_hops else None,
         "dispatch_ms": median(dispatch),
-        "stage_step_ms": median(step_ms) if step_ms else None,
-        "busy_fraction": {stage: round(busy_fraction(iv, start, end), 4) for stage, iv in sorted(intervals.items())},
+        "stage_step_ms": median(steps) if steps else None,
+        "codec_ms": median(codec) if codec else None,  # encode or decode, on whichever actor does it
+        "busy_fraction": {stage: round(busy_fraction(iv), 4) for stage, iv in sorted(intervals.items())},
     }
 
 
@@ -272,6 +311,7 @@ class _Bench:
         self.png = _test_image(settings.width, settings.height)
         self.model: SVDModel | None = None
         self.profile: CostProfile | None = None
+        self.local: LocalPipeline | None = None
 
     def video_params(self, seed: int):
         from svdpipe.config import VideoParams
@@ -304,16 +344,14 @@ class _Bench:
             source = "measured"
         if s.save_profile is not None:
             self.profile.save(s.save_profile)
-        local = self.local_latency() if s.idle_requests else None
-        logger.info("profile and local baseline in %.1f s", time.perf_counter() - t0)
-        return {"profile": {"source": source, **self.profile.to_json()}, "local_idle_latency_s": local}
+        self.local = self.local_pipeline()
+        self.local_once(0)  # warm-up
+        logger.info("profile and local baseline ready in %.1f s", time.perf_counter() - t0)
+        return {"profile": {"source": source, **self.profile.to_json()}}
 
-    def local_latency(self) -> float:
-        """Median latency of `svdpipe generate --engine local`'s path, PNG in, file out."""
+    def local_pipeline(self) -> LocalPipeline:
         from svdpipe.config import EngineConfig
-        from svdpipe.images import load_image
         from svdpipe.local import LocalPipeline
-        from svdpipe.video import encode_video
 
         config = EngineConfig(
             model=self.s.model,
@@ -321,14 +359,18 @@ class _Bench:
             simulate_step_ms=self.s.simulate_step_ms,
             torch_threads=self.s.torch_threads,
         )
-        pipe = LocalPipeline(config, self.model)
-        times = []
-        for i in range(self.s.idle_requests + 1):  # the first is a warm-up
-            t0 = time.perf_counter()
-            result = pipe.generate(load_image(self.png), self.video_params(i))
-            encode_video(result.frames, _OUTPUT_FORMAT, result.params.fps)
-            times.append(time.perf_counter() - t0)
-        return statistics.median(times[1:])
+        return LocalPipeline(config, self.model)
+
+    def local_once(self, seed: int) -> float:
+        """Seconds for one request on `svdpipe generate --engine local`'s path, PNG in, file bytes out."""
+        from svdpipe.images import load_image
+        from svdpipe.video import encode_video
+
+        assert self.local is not None
+        t0 = time.perf_counter()
+        result = self.local.generate(load_image(self.png), self.video_params(seed))
+        encode_video(result.frames, _OUTPUT_FORMAT, result.params.fps)
+        return time.perf_counter() - t0
 
     def engine_config(self, mode: Mode, replica: int = 0) -> EngineConfig:
         from svdpipe.config import EngineConfig
@@ -401,10 +443,14 @@ class _Bench:
             import ray
 
             ray.timeline(filename=s.ray_timeline)
-        idle = []
+        # One request at a time on the idle system, alternating with the local path so both see the same
+        # background load (this machine is shared).
+        idle, local = [], []
         for i in range(s.idle_requests):
-            _, result = await dispatch(s.num_requests + i)
-            idle.append(result.latency_s)
+            t0 = time.perf_counter()
+            await dispatch(s.num_requests + i)
+            idle.append(time.perf_counter() - t0)
+            local.append(self.local_once(s.num_requests + i))
         ideal = ideal_samples_per_hour(workers, s.steps, self.step_s())
         bound, ranges = self.bounds(mode)
         out: dict[str, Any] = {
@@ -415,6 +461,8 @@ class _Bench:
             "step_ranges": ranges,
             **summarise(samples, workers),
             "idle_latency_s": statistics.median(idle) if idle else None,
+            "local_idle_latency_s": statistics.median(local) if local else None,
+            "idle_latency_ratio": statistics.median(idle) / statistics.median(local) if idle else None,
         }
         out["ideal_samples_per_hour"] = ideal
         out["efficiency"] = efficiency(out["samples_per_hour"], ideal)
@@ -490,10 +538,8 @@ def run_bench(settings: BenchSettings) -> dict[str, Any]:
         **prepared,
         "modes": modes,
     }
-    local = prepared["local_idle_latency_s"]
-    pipeline = modes.get("pipeline")
-    if local and pipeline and pipeline["idle_latency_s"]:
-        out["idle_latency_ratio"] = pipeline["idle_latency_s"] / local
+    if "pipeline" in modes:
+        out["idle_latency_ratio"] = modes["pipeline"]["idle_latency_ratio"]
     out["wall_s"] = time.perf_counter() - t0
     return out
 
@@ -505,31 +551,36 @@ def format_table(result: dict[str, Any]) -> str:
     """The human-readable summary of a result object."""
     s, prof = result["settings"], result["profile"]
     step = s["simulate_step_ms"]
+
+    def num(value: float | None, fmt: str) -> str:
+        return "-" if value is None else format(value, fmt)
+
     lines = [
         f"model {s['model']}, N={s['stages']}, T={s['steps']}, {s['frames']} frames {s['width']}x{s['height']}, "
         + (f"simulated UNet step {step:g} ms" if step else "real UNet")
-        + f", M={result['num_requests']} requests per mode",
+        + f", M={result['num_requests']} requests per mode; {result['machine']['cpus']} CPUs, "
+        + f"GPU: {result['machine']['gpu'] or 'none'}",
         f"profile ({prof['source']}): encode {prof['encode_ms']:.1f} ms, "
         f"step {statistics.median(prof['step_ms']):.1f} ms, decode {prof['decode_ms']:.1f} ms",
         "",
         f"{'mode':<14}{'W':>3}{'C':>4}{'samples/h':>11}{'ideal/h':>10}{'eff':>7}{'eff/bnd':>8}"
-        f"{'p50 s':>8}{'p95 s':>8}{'idle s':>8}{'hop ms':>8}{'busy min/max':>14}",
+        f"{'p50 s':>8}{'p95 s':>8}{'hop ms':>8}{'busy min-max':>14}{'idle s':>8}{'/local':>8}",
     ]
     for r in result["modes"].values():
         busy = list(r["busy_fraction"].values())
-        hop = f"{r['per_hop_ms']:.2f}" if r["per_hop_ms"] is not None else "-"
-        idle = f"{r['idle_latency_s']:.3f}" if r["idle_latency_s"] is not None else "-"
         lines.append(
             f"{r['mode']:<14}{r['workers']:>3}{r['concurrency']:>4}{r['samples_per_hour']:>11.0f}"
             f"{r['ideal_samples_per_hour']:>10.0f}{r['efficiency']:>7.3f}{r['efficiency_vs_bound']:>8.3f}"
-            f"{r['latency_p50_s']:>8.3f}{r['latency_p95_s']:>8.3f}{idle:>8}{hop:>8}"
-            f"{min(busy):>7.2f}/{max(busy):.2f}"
+            f"{r['latency_p50_s']:>8.3f}{r['latency_p95_s']:>8.3f}{num(r['per_hop_ms'], '.2f'):>8}"
+            f"{min(busy):>9.2f}-{max(busy):.2f}{num(r['idle_latency_s'], '.3f'):>8}"
+            f"{num(r['idle_latency_ratio'], '.3f'):>8}"
         )
-    if result.get("local_idle_latency_s"):
-        line = f"local path, idle: {result['local_idle_latency_s']:.3f} s"
-        if "idle_latency_ratio" in result:
-            line += f"; pipeline idle latency / local = {result['idle_latency_ratio']:.3f}"
-        lines += ["", line]
+    lines += [
+        "",
+        "eff: measured / ideal N/(T x step); eff/bnd: measured / bound with encode and decode; hop: median "
+        "hand-off into stages after the first; idle: one request on the idle system, /local: vs the "
+        "single-process path",
+    ]
     return "\n".join(lines)
 
 
@@ -550,15 +601,17 @@ def plot_results(results: Sequence[dict[str, Any]], path: str | Path) -> None:
     ideal_n: dict[int, float] = {}
     for r in results:
         st = r["settings"]
-        for mode, m in r["modes"].items():
+        for name, m in r["modes"].items():
+            mode = f"{name} ({r['label']})" if r.get("label") else name
             if st["simulate_step_ms"] == ref_step:
                 by_n[(mode, st["stages"])].append(m["samples_per_hour"])
-                if mode != "sequential":
+                if name != "sequential":
                     ideal_n[st["stages"]] = m["ideal_samples_per_hour"]
             if st["stages"] == ref_n and st["simulate_step_ms"] is not None:
                 by_step[(mode, st["simulate_step_ms"])].append(m["efficiency"])
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for mode in MODES:
+    series = sorted({mode for mode, _ in by_n} | {mode for mode, _ in by_step}, key=_series_order)
+    for mode in series:
         pts = sorted((n, statistics.median(v)) for (m, n), v in by_n.items() if m == mode)
         if pts:
             left.plot(*zip(*pts, strict=True), marker="o", label=mode)
@@ -578,6 +631,11 @@ def plot_results(results: Sequence[dict[str, Any]], path: str | Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _series_order(name: str) -> tuple[int, str]:
+    base = name.split(" (")[0]
+    return (MODES.index(base) if base in MODES else len(MODES), name)
 
 
 # ---------------------------------------------------------------- CLI
@@ -618,6 +676,13 @@ def add_bench_parser(subparsers: Any) -> None:
     opt("--num-cpus-per-actor", "num_cpus_per_actor", type=float)
     opt("--address", "address")
     opt("--ray-timeline", "ray_timeline", metavar="FILE")
+    proj = p.add_argument_group("projection (no run: arithmetic from a cost profile and a per-hop overhead)")
+    proj.add_argument("--project", action="store_true", help="print the projection for --stages GPUs and exit")
+    proj.add_argument("--assume-step-ms", type=float, help="assumed UNet step cost (with CFG), if no --profile")
+    proj.add_argument("--assume-encode-ms", type=float, help="assumed encode cost (CLIP + VAE encoder)")
+    proj.add_argument("--assume-decode-ms", type=float, help="assumed decode cost (VAE decoder + file)")
+    proj.add_argument("--hop-ms", type=float, default=3.0, help="per-hop overhead (default 3.0: measured here)")
+    p.add_argument("--label", help="a name for this run, kept in the JSON and used by --plot (e.g. an engine variant)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.add_argument("--out-json", metavar="FILE", help="also write the JSON object to FILE")
     p.add_argument("--plot", metavar="PNG", help="plot the results (with --from-json: of those files)")
@@ -647,13 +712,43 @@ def run_bench_command(args: argparse.Namespace) -> int:
         print(f"wrote {args.plot} from {len(results)} result file(s)")
         return 0
     settings = settings_from_args(args)
+    if args.project:
+        return _project_command(args, settings)
     result = run_bench(settings)
+    if args.label:
+        result["label"] = args.label
     text = json.dumps(result, indent=2)
     if args.out_json:
         Path(args.out_json).write_text(text + "\n")
     if args.plot:
         plot_results([result], args.plot)
     print(text if args.json else format_table(result), flush=True)
+    return 0
+
+
+def _project_command(args: argparse.Namespace, settings: BenchSettings) -> int:
+    if settings.profile is not None:
+        profile = CostProfile.load(settings.profile)
+    else:
+        assumed = (args.assume_step_ms, args.assume_encode_ms, args.assume_decode_ms)
+        if any(v is None for v in assumed):
+            raise ValueError("--project needs --profile FILE or all of --assume-step-ms/-encode-ms/-decode-ms")
+        step, enc, dec = (v / 1000 for v in assumed)
+        profile = CostProfile(enc, (step,) * settings.steps, dec, {"source": "assumed"})
+    rows = projection(profile, settings.steps, settings.stages, args.hop_ms / 1000)
+    if args.json:
+        print(json.dumps({"profile": profile.to_json(), "hop_ms": args.hop_ms, "modes": rows}, indent=2))
+        return 0
+    print(
+        f"PROJECTION for {settings.stages} GPUs, T={settings.steps}: step {profile.typical_step_s * 1000:g} ms, "
+        f"encode {profile.encode_s * 1000:g} ms, decode {profile.decode_s * 1000:g} ms, hop {args.hop_ms:g} ms"
+    )
+    print(f"{'mode':<26}{'GPUs':>5}{'busiest s':>10}{'samples/h':>11}{'ideal/h':>9}{'eff':>7}{'idle s':>8}")
+    for name, r in rows.items():
+        print(
+            f"{name:<26}{r['gpus']:>5.0f}{r['bottleneck_s']:>10.3f}{r['samples_per_hour']:>11.0f}"
+            f"{r['ideal_samples_per_hour']:>9.0f}{r['efficiency']:>7.3f}{r['idle_latency_s']:>8.3f}"
+        )
     return 0
 
 

@@ -78,6 +78,7 @@ class JobManager:
         self._progress: dict[str, int] = {}  # live progress of running jobs (persisted at the end)
         self._completions: deque[float] = deque(maxlen=64)
         self._background: list[asyncio.Task] = []
+        self._stopping = False
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -96,6 +97,7 @@ class JobManager:
 
     async def stop(self) -> None:
         """Stop taking work; running jobs stay `in_progress` in the store and are re-queued on restart."""
+        self._stopping = True
         for task in self._background:
             task.cancel()
         for task in list(self._tasks.values()):
@@ -180,9 +182,10 @@ class JobManager:
             try:
                 await asyncio.shield(task)
             except asyncio.CancelledError:
-                if not task.done():  # the worker itself is being stopped
+                if self._stopping:  # the worker itself is being stopped
                     task.cancel()
                     raise
+                # else only the job was cancelled (before it reached the engine): carry on
             finally:
                 self._tasks.pop(job_id, None)
                 self._progress.pop(job_id, None)
@@ -209,6 +212,8 @@ class JobManager:
                 on_progress=on_progress,
             )
         except (RequestCancelledError, asyncio.CancelledError):
+            if self._stopping:
+                raise  # shutting down: the job stays in_progress and is re-queued on restart
             self._finish(job_id, "cancelled", None)
             return
         except (InvalidRequestError, RequestFailedError, SvdpipeError) as exc:
