@@ -79,9 +79,8 @@ async def _validation_error(_request: Request, exc: RequestValidationError) -> J
 
 @api.exception_handler(StarletteHTTPException)
 async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
-    return _error(
-        exc.status_code, str(exc.detail), "invalid_request_error" if exc.status_code < 500 else "server_error"
-    )
+    kind = {404: "not_found_error", 405: "invalid_request_error"}.get(exc.status_code, "invalid_request_error")
+    return _error(exc.status_code, str(exc.detail), kind if exc.status_code < 500 else "server_error")
 
 
 @api.exception_handler(Exception)
@@ -113,6 +112,19 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+def _decode_data_url(url: str) -> bytes:
+    if not url.startswith("data:") or "," not in url:
+        raise ApiError(400, "image must be a data URL: data:image/<type>;base64,<data>")
+    header, data = url[5:].split(",", 1)
+    if not header.endswith(";base64"):
+        raise ApiError(400, "image data URL must be base64-encoded (data:image/png;base64,...)")
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ApiError(400, f"image data URL is not valid base64: {exc}") from exc
+
+
+# Helpers the ingress uses are defined above it: Serve serialises the class where it is decorated.
 @serve.deployment(max_ongoing_requests=512, graceful_shutdown_timeout_s=30)
 @serve.ingress(api)
 class VideoService:
@@ -168,7 +180,7 @@ class VideoService:
         if not length.isdigit() or int(length) > self.config.max_upload_bytes:
             raise ApiError(413, f"request body is larger than {self.config.max_upload_bytes} bytes")
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if ctype == "multipart/form-data":
+        if ctype in ("multipart/form-data", "application/x-www-form-urlencoded"):
             try:
                 form = await request.form(max_files=1, max_fields=64, max_part_size=self.config.max_upload_bytes)
             except Exception as exc:  # malformed multipart
@@ -294,18 +306,6 @@ class VideoService:
     @api.get("/v1/health", response_model=Health, summary="Each stage's state")
     async def health(self) -> Health:
         return Health.model_validate(await self.jobs.health())
-
-
-def _decode_data_url(url: str) -> bytes:
-    if not url.startswith("data:") or "," not in url:
-        raise ApiError(400, "image must be a data URL: data:image/<type>;base64,<data>")
-    header, data = url[5:].split(",", 1)
-    if not header.endswith(";base64"):
-        raise ApiError(400, "image data URL must be base64-encoded (data:image/png;base64,...)")
-    try:
-        return base64.b64decode(data, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise ApiError(400, f"image data URL is not valid base64: {exc}") from exc
 
 
 def app_builder(args: ServiceConfig) -> Application:
