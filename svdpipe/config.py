@@ -86,6 +86,9 @@ class EngineConfig(BaseModel):
         None, ge=1, le=256, description="torch intra-op threads per actor (None: torch's default)."
     )
     compile_unet: bool = Field(False, description="torch.compile the UNet (GPU path).")
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = Field(
+        "default", description="torch.compile mode; 'reduce-overhead' captures the UNet step in CUDA graphs."
+    )
     channels_last: bool = Field(False, description="Use channels_last memory format for the UNet.")
     namespace: str = Field("svdpipe", min_length=1, description="Ray namespace of the stage actors.")
     name_prefix: str = Field("svdpipe", min_length=1, description="Actor names are <prefix>-<role>-<i>.")

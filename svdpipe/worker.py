@@ -68,7 +68,7 @@ class StageWorker:
         if self.config.channels_last:
             unet.to(memory_format=torch.channels_last)
         if self.config.compile_unet:
-            self.model.pipe.unet = torch.compile(unet, fullgraph=False)
+            self.model.pipe.unet = torch.compile(unet, mode=self.config.compile_mode)
 
     def ping(self) -> str:
         return self.spec.name

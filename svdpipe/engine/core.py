@@ -218,7 +218,8 @@ class Engine:
         self._group = None
 
     async def _warm_up(self) -> None:
-        """One small request through the whole chain so no user request pays first-call costs."""
+        """One request of the model's default shape through the whole chain, so no user request pays first-call
+        costs (lazy initialisation, allocator growth, torch.compile for the default shape)."""
         import io
 
         import PIL.Image
@@ -226,7 +227,7 @@ class Engine:
         buf = io.BytesIO()
         PIL.Image.new("RGB", (self.spec.default_width, self.spec.default_height), (127, 127, 127)).save(buf, "PNG")
         params = resolve_params(
-            VideoParams(num_inference_steps=self.config.num_stages, num_frames=2, seed=0, max_guidance_scale=2.0),
+            VideoParams(num_inference_steps=self.config.num_stages, seed=0, max_guidance_scale=2.0),
             self.spec,
             self.config.num_stages,
         )
