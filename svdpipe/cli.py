@@ -146,7 +146,10 @@ def _generate(args: argparse.Namespace) -> int:
     else:
         from svdpipe.engine.sync import generate_once
 
-        result = generate_once(config, image, params, address=args.address, on_steps=bar.update)
+        bar.set_description("starting stage actors")
+        result = generate_once(
+            config, image, params, address=args.address, on_steps=bar.update, on_ready=lambda: _restart(bar)
+        )
     bar.close()
     path = write_video(result.frames, args.out, fps=result.params.fps)
     print(
@@ -154,6 +157,11 @@ def _generate(args: argparse.Namespace) -> int:
         f"seed {result.params.seed})"
     )
     return 0
+
+
+def _restart(bar: Any) -> None:
+    bar.set_description("denoising")
+    bar.reset()  # the rate shown should be the pipeline's, not the actors' start-up
 
 
 def _export_model(args: argparse.Namespace) -> int:

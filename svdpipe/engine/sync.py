@@ -35,6 +35,7 @@ def generate_once(
     params: VideoParams,
     address: str | None = None,
     on_steps: Callable[[int], None] | None = None,
+    on_ready: Callable[[], None] | None = None,
 ) -> VideoResult:
     """Build an engine, run one request as raw frames, shut the engine down."""
     ensure_ray(address)
@@ -44,6 +45,8 @@ def generate_once(
     async def run() -> VideoResult:
         engine = Engine(config)
         await engine.start()
+        if on_ready is not None:
+            on_ready()
         reported = 0
 
         def progress(done: int, _total: int) -> None:
