@@ -12,7 +12,7 @@ import PIL.Image
 from svdpipe import stages
 from svdpipe.config import EngineConfig, ResolvedParams, VideoParams, resolve_params
 from svdpipe.models import SVDModel, load_model
-from svdpipe.partition import partition_steps
+from svdpipe.partition import request_ranges
 
 
 @dataclass(frozen=True)
@@ -45,13 +45,10 @@ class LocalPipeline:
         resolved = resolve_params(params, self.model.spec, self.config.num_stages)
         request_id = request_id or uuid.uuid4().hex
         simulate = self.config.simulate_step_ms / 1000 if self.config.simulate_step_ms is not None else None
-        weights = self.config.step_weights
-        if weights is not None and len(weights) != resolved.num_inference_steps:
-            weights = None  # a profile for another step count: fall back to equal ranges
         # 1. encode
         state = stages.encode(self.model, image, resolved, request_id)
         # 2. denoise, one step range per (virtual) stage
-        for steps in partition_steps(resolved.num_inference_steps, self.config.num_stages, weights):
+        for steps in request_ranges(resolved.num_inference_steps, self.config.num_stages, self.config.step_weights):
             state = stages.denoise(self.model, state, steps, on_step, simulate)
         # 3. decode
         return VideoResult(request_id, stages.decode(self.model, state), resolved)

@@ -35,6 +35,13 @@ def partition_steps(num_steps: int, num_stages: int, weights: Sequence[float] | 
     return ranges
 
 
+def request_ranges(num_steps: int, num_stages: int, profile: Sequence[float] | None) -> list[range]:
+    """Step ranges for one request: balanced by the cost profile when it was measured for this step count,
+    by count otherwise (a profile for 25 steps says nothing about a 30-step request)."""
+    weights = profile if profile is not None and len(profile) == num_steps else None
+    return partition_steps(num_steps, num_stages, weights)
+
+
 def _balanced_sizes(weights: list[float], num_stages: int) -> list[int]:
     """Contiguous split minimising the heaviest stage, then the spread (exact DP; T and N are small).
 

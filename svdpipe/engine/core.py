@@ -32,7 +32,7 @@ from svdpipe.errors import (
     SvdpipeError,
 )
 from svdpipe.models import model_spec
-from svdpipe.partition import partition_steps
+from svdpipe.partition import partition_steps, request_ranges
 from svdpipe.placement import ActorSpec, actor_layout, bundles, choose_transport
 from svdpipe.timing import HopTiming, StageStats
 from svdpipe.worker import EncodedVideo, EncodeRequest, StageWorker
@@ -291,7 +291,7 @@ class Engine:
     ) -> EngineResult:
         admitted = time.time()
         deadline = admitted + timeout_s
-        ranges = self._ranges(params.num_inference_steps)
+        ranges = request_ranges(params.num_inference_steps, self.config.num_stages, self.config.step_weights)
         attempt = 0
         while True:
             attempt += 1
@@ -342,12 +342,6 @@ class Engine:
             timings = self.stats.add(video.trace, submitted)
             self.completed += 1
             return EngineResult(inf.request_id, video, params, timings, time.time() - admitted, attempt)
-
-    def _ranges(self, num_steps: int) -> list[range]:
-        weights = self.config.step_weights
-        if weights is not None and len(weights) != num_steps:
-            weights = None  # a cost profile for another step count: equal ranges
-        return partition_steps(num_steps, self.config.num_stages, weights)
 
     def _submit_chain(self, req: EncodeRequest, ranges: list[range]) -> list[ray.ObjectRef]:
         refs: list[ray.ObjectRef] = []

@@ -46,3 +46,12 @@ def test_errors():
         partition_steps(3, 2, [1.0, 1.0])
     with pytest.raises(ValueError, match="positive"):
         partition_steps(3, 2, [1.0, 0.0, 1.0])
+
+
+def test_request_ranges_uses_a_matching_profile_only():
+    from svdpipe.partition import request_ranges
+
+    profile = [5.0, 1.0, 1.0, 1.0]
+    assert request_ranges(4, 2, profile) == [range(0, 1), range(1, 4)]
+    assert request_ranges(6, 2, profile) == [range(0, 3), range(3, 6)]  # profile for another T: by count
+    assert request_ranges(6, 2, None) == [range(0, 3), range(3, 6)]
