@@ -341,6 +341,15 @@ class Engine:
             inf.report(inf.total_steps)
             timings = self.stats.add(video.trace, submitted)
             self.completed += 1
+            if logger.isEnabledFor(logging.DEBUG):
+                logger.debug(
+                    "request %s done in %.3f s: %s",
+                    inf.request_id,
+                    time.time() - admitted,
+                    "; ".join(
+                        f"{t.stage} step {t.step_ms:.1f} hop {t.hop_ms:.2f} queue {t.queue_ms:.1f} ms" for t in timings
+                    ),
+                )
             return EngineResult(inf.request_id, video, params, timings, time.time() - admitted, attempt)
 
     def _submit_chain(self, req: EncodeRequest, ranges: list[range]) -> list[ray.ObjectRef]:
