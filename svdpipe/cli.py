@@ -82,6 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_model_flags(srv, ServiceConfig, skip={"engine"})
 
+    from svdpipe.bench import add_bench_parser
+
+    add_bench_parser(sub)
+
     exp = sub.add_parser("export-model", help="save a built-in model as a diffusers directory")
     exp.add_argument("--model", default="tiny", choices=["tiny", "random-full", "random-full-xt"])
     exp.add_argument("directory")
@@ -104,6 +108,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _export_model(args)
         if args.command == "serve":
             return _serve(args)
+        if args.command == "bench":
+            from svdpipe.bench import run_bench_command
+
+            return run_bench_command(args)
     except (SvdpipeError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
         print(f"svdpipe: error: {describe_validation_error(exc)}", file=sys.stderr)
         return 2
