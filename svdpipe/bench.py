@@ -43,11 +43,11 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from svdpipe.config import Transport
+from svdpipe.config import Dtype, Transport
 from svdpipe.profile import CostProfile, stage_loads, step_weights
 
 if TYPE_CHECKING:
-    from svdpipe.config import EngineConfig, ResolvedParams
+    from svdpipe.config import EngineConfig, ResolvedParams, VideoParams
     from svdpipe.engine import Engine, EngineResult
     from svdpipe.local import LocalPipeline
     from svdpipe.models import SVDModel
@@ -124,9 +124,9 @@ def projection(profile: CostProfile, num_steps: int, gpus: int, hop_s: float) ->
 
     Pure arithmetic, for machines we cannot measure on. sequential: one GPU does everything; data-parallel:
     `gpus` such replicas; pipeline: `gpus` stages with the codec colocated (encode on the first, decode on the
-    last), split by step count and by cost (step_weights). Every hand-off (dispatch, stage to stage, result)
-    adds `hop_s` to latency, and each actor pays it once per request as turnaround, so it is added to the
-    busiest actor's cycle too.
+    last), split by step count and by cost (step_weights), or `gpus - 2` stages with encoder and decoder on
+    GPUs of their own. Every hand-off (dispatch, stage to stage, result) adds `hop_s` to latency, and each
+    actor pays it once per request as turnaround, so it is added to the busiest actor's cycle too.
     """
     if gpus < 1 or num_steps < gpus:
         raise ValueError(f"need 1 <= gpus <= steps, got {gpus} GPUs for {num_steps} steps")
@@ -141,9 +141,13 @@ def projection(profile: CostProfile, num_steps: int, gpus: int, hop_s: float) ->
     ):
         loads = stage_loads(profile, num_steps, gpus, True, weights)
         rows[name] = {"gpus": gpus, "bottleneck_s": max(loads), "hops": gpus + 1}
+    if gpus >= 3:  # the same GPUs as gpus - 2 denoise stages plus an encoder GPU and a decoder GPU
+        loads = stage_loads(profile, num_steps, gpus - 2, False, None)
+        rows["pipeline, codec apart"] = {"gpus": gpus, "bottleneck_s": max(loads), "hops": gpus + 1}
     for name, row in rows.items():
         replicas = row["gpus"] if name == "data-parallel" else 1
         row["samples_per_hour"] = bound_samples_per_hour([row["bottleneck_s"] + hop_s], replicas)
+        # Ideal: every GPU busy with UNet steps only (for "codec apart", 2 of them never run a step).
         row["ideal_samples_per_hour"] = ideal_samples_per_hour(int(row["gpus"]), num_steps, profile.typical_step_s)
         row["efficiency"] = efficiency(row["samples_per_hour"], row["ideal_samples_per_hour"])
         row["idle_latency_s"] = whole + row["hops"] * hop_s
@@ -168,6 +172,8 @@ class BenchSettings(BaseModel):
         None, gt=0.0, description="Replace each UNet call by a CPU-free wait of this many ms."
     )
     transport: Transport = Field("auto", description="Latent transport of the pipeline mode.")
+    dtype: Dtype = Field("fp32", description="Weight and activation dtype (fp16 for real SVD on GPUs).")
+    num_gpus_per_actor: float = Field(0.0, ge=0.0, le=8.0, description="GPUs per actor (0: CPU actors).")
     modes: tuple[Mode, ...] = Field(MODES, min_length=1, description="Which modes to run, in this order.")
     colocate_codec: bool = Field(False, description="Pipeline mode: encode in the first stage, decode in the last.")
     balance: bool = Field(True, description="Balance step ranges by profiled cost (EngineConfig.step_weights).")
@@ -291,6 +297,24 @@ def summarise(samples: Sequence[Sample], workers: int) -> dict[str, Any]:
     }
 
 
+def _cpu_times() -> tuple[float, float] | None:
+    """(busy, total) jiffies of the whole machine from /proc/stat (Linux), None elsewhere."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [float(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def cpu_busy_fraction(before: tuple[float, float] | None, after: tuple[float, float] | None) -> float | None:
+    """Share of the machine's CPU time that was busy between two _cpu_times() readings (every process)."""
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return (after[0] - before[0]) / (after[1] - before[1])
+
+
 def _test_image(width: int, height: int, seed: int = 7) -> bytes:
     import io
 
@@ -313,7 +337,7 @@ class _Bench:
         self.profile: CostProfile | None = None
         self.local: LocalPipeline | None = None
 
-    def video_params(self, seed: int):
+    def video_params(self, seed: int) -> VideoParams:
         from svdpipe.config import VideoParams
 
         s = self.s
@@ -335,7 +359,7 @@ class _Bench:
         s = self.s
         torch.set_num_threads(s.torch_threads)
         t0 = time.perf_counter()
-        self.model = load_model(s.model, "fp32", "auto")
+        self.model = load_model(s.model, s.dtype, "auto")
         simulate = s.simulate_step_ms / 1000 if s.simulate_step_ms is not None else None
         if s.profile is not None:
             self.profile, source = CostProfile.load(s.profile), s.profile
@@ -355,6 +379,7 @@ class _Bench:
 
         config = EngineConfig(
             model=self.s.model,
+            dtype=self.s.dtype,
             num_stages=self.s.stages,
             simulate_step_ms=self.s.simulate_step_ms,
             torch_threads=self.s.torch_threads,
@@ -381,6 +406,8 @@ class _Bench:
             "simulate_step_ms": s.simulate_step_ms,
             "torch_threads": s.torch_threads,
             "num_cpus_per_actor": s.num_cpus_per_actor,
+            "num_gpus_per_actor": s.num_gpus_per_actor,
+            "dtype": s.dtype,
             "max_inflight": max(16, s.concurrency_for(mode)),
             "max_retries": 0,  # a failure should show, not be retried into the timings
         }
@@ -438,7 +465,9 @@ class _Bench:
                 loads[replica] -= 1
 
         concurrency = s.concurrency_for(mode)
+        load_before, cpu_before = os.getloadavg()[0], _cpu_times()
         samples = await closed_loop(dispatch, s.num_requests, concurrency, desc=mode)
+        cpu_busy = cpu_busy_fraction(cpu_before, _cpu_times())
         if mode == "pipeline" and s.ray_timeline:
             import ray
 
@@ -462,6 +491,10 @@ class _Bench:
             **summarise(samples, workers),
             "idle_latency_s": statistics.median(idle) if idle else None,
             "local_idle_latency_s": statistics.median(local) if local else None,
+            # The machine is shared: its load when the mode started and how busy all its CPUs were during
+            # the closed loop (every process, not only this benchmark's).
+            "load_avg_1m_at_start": load_before,
+            "machine_cpu_busy": cpu_busy,
             "idle_latency_ratio": statistics.median(idle) / statistics.median(local) if idle else None,
         }
         out["ideal_samples_per_hour"] = ideal
@@ -611,13 +644,14 @@ def plot_results(results: Sequence[dict[str, Any]], path: str | Path) -> None:
                 by_step[(mode, st["simulate_step_ms"])].append(m["efficiency"])
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     series = sorted({mode for mode, _ in by_n} | {mode for mode, _ in by_step}, key=_series_order)
-    for mode in series:
+    for i, mode in enumerate(series):  # a series needs two points to say anything about a trend
+        style = {"marker": "o", "label": mode, "color": f"C{i}", "ls": "--" if " (" in mode else "-"}
         pts = sorted((n, statistics.median(v)) for (m, n), v in by_n.items() if m == mode)
-        if pts:
-            left.plot(*zip(*pts, strict=True), marker="o", label=mode)
+        if len(pts) > 1:
+            left.plot(*zip(*pts, strict=True), **style)
         pts = sorted((x, statistics.median(v)) for (m, x), v in by_step.items() if m == mode)
-        if pts:
-            right.plot(*zip(*pts, strict=True), marker="o", label=mode)
+        if len(pts) > 1:
+            right.plot(*zip(*pts, strict=True), **style)
     if ideal_n:
         left.plot(*zip(*sorted(ideal_n.items()), strict=True), "k:", label="ideal N/(T·step)")
     step_label = f"{ref_step:g} ms simulated step" if ref_step else "real UNet"
@@ -652,9 +686,10 @@ def add_bench_parser(subparsers: Any) -> None:
     f = BenchSettings.model_fields
 
     def opt(flag: str, name: str, **kwargs: Any) -> None:
-        p.add_argument(
-            flag, dest=name, default=None, help=f"{f[name].description} (default: {f[name].default})", **kwargs
-        )
+        default = f[name].default
+        shown = ",".join(default) if isinstance(default, tuple) else default
+        suffix = f" (default: {shown})" if default is not None else ""
+        p.add_argument(flag, dest=name, default=None, help=f"{f[name].description}{suffix}", **kwargs)
 
     opt("--model", "model")
     opt("--stages", "stages", type=int)
@@ -664,6 +699,8 @@ def add_bench_parser(subparsers: Any) -> None:
     opt("--width", "width", type=int)
     opt("--simulate-step-ms", "simulate_step_ms", type=float)
     opt("--transport", "transport", choices=get_args(Transport))
+    opt("--dtype", "dtype", choices=get_args(Dtype))
+    opt("--num-gpus-per-actor", "num_gpus_per_actor", type=float)
     opt("--modes", "modes", type=_mode_list, metavar="MODE[,MODE...]")
     opt("--colocate-codec", "colocate_codec", action=argparse.BooleanOptionalAction)
     opt("--balance", "balance", action=argparse.BooleanOptionalAction)

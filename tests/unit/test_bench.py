@@ -12,6 +12,7 @@ from svdpipe.bench import (
     Sample,
     add_bench_parser,
     bound_samples_per_hour,
+    cpu_busy_fraction,
     efficiency,
     ideal_samples_per_hour,
     least_loaded,
@@ -203,5 +204,13 @@ def test_projection_from_assumed_costs():
     assert rows["pipeline, cost-balanced"]["bottleneck_s"] == pytest.approx(2.05)
     assert rows["pipeline, cost-balanced"]["idle_latency_s"] == pytest.approx(whole + 8 * 0.004)
     assert rows["data-parallel"]["ideal_samples_per_hour"] == pytest.approx(7 * 3600 / 12.5)
+    # 5 denoise stages (25 steps: 5 each, 2.5 s) and the decoder (1.5 s) on GPUs of their own
+    assert rows["pipeline, codec apart"]["bottleneck_s"] == pytest.approx(2.5)
     with pytest.raises(ValueError):
         projection(CostProfile(0.05, (0.5,) * 5, 1.5), num_steps=5, gpus=7, hop_s=0.0)
+
+
+def test_cpu_busy_fraction_from_jiffies():
+    assert cpu_busy_fraction((100.0, 400.0), (250.0, 600.0)) == pytest.approx(0.75)
+    assert cpu_busy_fraction(None, (1.0, 2.0)) is None
+    assert cpu_busy_fraction((1.0, 2.0), (1.0, 2.0)) is None
