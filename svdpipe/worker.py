@@ -7,9 +7,12 @@ from queue time (the stage was busy with another request).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import threading
 import time
+import warnings
 from dataclasses import dataclass
 
 from svdpipe.config import EngineConfig, OutputFormat, ResolvedParams
@@ -58,6 +61,12 @@ class StageWorker:
         if spec.denoise_stage is not None:
             self._prepare_unet()
         self.simulate_s = config.simulate_step_ms / 1000 if config.simulate_step_ms is not None else None
+        # One request in the model at a time, even when Ray gives the actor a second thread to receive the next.
+        self._lock = threading.Lock()
+        with contextlib.suppress(ImportError):  # inputs are read-only views on the object store: expected
+            from ray._private.tensor_serialization_utils import ZeroCopyTensorsWarning
+
+            warnings.filterwarnings("ignore", category=ZeroCopyTensorsWarning)
         self.idle_since = time.time()
         logger.info("%s ready on %s (%s)", spec.name, self.model.device, ", ".join(spec.parts))
 
@@ -75,6 +84,12 @@ class StageWorker:
 
     def process(self, item: EncodeRequest | RequestState, steps: tuple[int, int] | None) -> RequestState | EncodedVideo:
         """Run this actor's phases on `item`; `steps` is its step range for this request."""
+        with self._lock:
+            return self._process(item, steps)
+
+    def _process(
+        self, item: EncodeRequest | RequestState, steps: tuple[int, int] | None
+    ) -> RequestState | EncodedVideo:
         from svdpipe import stages
         from svdpipe.images import load_image
 

@@ -170,7 +170,10 @@ class Engine:
             "num_cpus": self.config.num_cpus_per_actor,
             "num_gpus": self.config.num_gpus_per_actor,
             "max_restarts": 0,
-            "max_concurrency": 1,  # stage actors stay single-threaded (RDT's rule, and one UNet at a time)
+            # RDT needs single-threaded actors. On the object store a second thread lets Ray receive and
+            # deserialise the next request while this one computes (the worker's lock keeps one request in
+            # the model at a time): the busy-stage hand-off fell from 2.6 to 0.6 ms (BENCHMARKS.md).
+            "max_concurrency": 1 if rdt else 2,
             # Run whichever queued call has its input first: no head-of-line blocking behind a request still
             # upstream, and a cancelled call that never got its input does not stall the calls behind it
             # (in-order actors wait 30 s for the missing sequence number, then fail them).
@@ -179,6 +182,10 @@ class Engine:
                 placement_group=self._pg, placement_group_bundle_index=self._first_bundle + spec.index
             ),
         }
+        if not rdt:
+            # Incoming tensors become views of the object store's shared memory instead of unpickled copies
+            # (stages never write to their inputs).
+            options["runtime_env"] = {"env_vars": {"RAY_ENABLE_ZERO_COPY_TORCH_TENSORS": "1"}}
         for _ in range(50):  # a replaced actor's name frees once Ray has marked it dead
             try:
                 return cls.options(**options).remote(self.config, spec, rdt)
