@@ -67,6 +67,7 @@ class StageWorker:
             from ray._private.tensor_serialization_utils import ZeroCopyTensorsWarning
 
             warnings.filterwarnings("ignore", category=ZeroCopyTensorsWarning)
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
         self.idle_since = time.time()
         logger.info("%s ready on %s (%s)", spec.name, self.model.device, ", ".join(spec.parts))
 
