@@ -451,7 +451,7 @@ class Engine:
 
     # ---------------------------------------------------------------- health
 
-    async def health(self, timeout_s: float = 2.0) -> list[dict[str, Any]]:
+    async def health(self) -> list[dict[str, Any]]:
         """Each stage's state: alive (Ray's view) and its recent timing."""
         summary = self.stats.summary()
         out = []
