@@ -22,10 +22,16 @@ import ray
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from svdpipe.config import EngineConfig, OutputFormat, ResolvedParams, VideoParams, resolve_params
+from svdpipe.config import (
+    EngineConfig,
+    OutputFormat,
+    ResolvedParams,
+    VideoParams,
+    check_steps_cover_stages,
+    resolve_params,
+)
 from svdpipe.errors import (
     ConfigError,
-    InvalidRequestError,
     RequestCancelledError,
     RequestFailedError,
     RequestTimeoutError,
@@ -266,11 +272,7 @@ class Engine:
             raise RequestFailedError("the engine is not running")
         if isinstance(params, VideoParams):
             params = resolve_params(params, self.spec, self.config.num_stages)
-        if params.num_inference_steps < self.config.num_stages:
-            raise InvalidRequestError(
-                f"num_inference_steps ({params.num_inference_steps}) must be at least the number of denoise "
-                f"stages ({self.config.num_stages})"
-            )
+        check_steps_cover_stages(params.num_inference_steps, self.config.num_stages)  # resolved elsewhere
         request_id = request_id or uuid.uuid4().hex
         if request_id in self._inflight:
             raise ValueError(f"request {request_id} is already running")

@@ -38,7 +38,7 @@ from svdpipe.service.schemas import (
     VideoJob,
     VideoJobList,
 )
-from svdpipe.service.store import STATUSES, JobRecord
+from svdpipe.service.store import JobRecord
 from svdpipe.video import CONTENT_TYPES
 
 logger = logging.getLogger(__name__)
@@ -252,12 +252,11 @@ class VideoService:
         status: str | None = Query(None, description="Only jobs in this status."),
     ) -> VideoJobList:
         self._auth(request)
-        if status is not None and status not in STATUSES:
-            raise ApiError(400, f"status must be one of {', '.join(STATUSES)}")
-        if after is not None and self.jobs.get(after) is None:
-            raise ApiError(400, f"unknown cursor {after!r}")
-        records = self.store.list(limit=limit + 1, after=after, status=status)
-        page = [self._job(self.jobs.get(r.id) or r) for r in records[:limit]]
+        try:  # the store checks status and cursor
+            records = self.store.list(limit=limit + 1, after=after, status=status)
+        except ValueError as exc:
+            raise ApiError(400, str(exc)) from exc
+        page = [self._job(self.jobs.live(r)) for r in records[:limit]]
         return VideoJobList(
             data=page,
             first_id=page[0].id if page else None,

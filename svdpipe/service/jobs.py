@@ -127,8 +127,12 @@ class JobManager:
 
     def get(self, job_id: str) -> JobRecord | None:
         record = self.store.get(job_id)
-        if record is not None and record.id in self._progress and record.status == "in_progress":
-            record = record.model_copy(update={"progress": self._progress[record.id]})
+        return None if record is None else self.live(record)
+
+    def live(self, record: JobRecord) -> JobRecord:
+        """The record with a running job's in-memory progress (persisted only when the job ends)."""
+        if record.status == "in_progress" and record.id in self._progress:
+            return record.model_copy(update={"progress": self._progress[record.id]})
         return record
 
     def queue_position(self, job_id: str) -> int | None:
