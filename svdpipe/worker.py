@@ -14,10 +14,14 @@ import threading
 import time
 import warnings
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from svdpipe.config import EngineConfig, OutputFormat, ResolvedParams
 from svdpipe.placement import ActorSpec
 from svdpipe.state import RequestState, StageTrace
+
+if TYPE_CHECKING:
+    from svdpipe.engine.progress import StepReporter
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +51,13 @@ class EncodedVideo:
 class StageWorker:
     """One actor's model parts and its phases of the chain."""
 
-    def __init__(self, config: EngineConfig, spec: ActorSpec, fresh_tensors: bool = False) -> None:
+    def __init__(
+        self,
+        config: EngineConfig,
+        spec: ActorSpec,
+        fresh_tensors: bool = False,
+        progress: StepReporter | None = None,
+    ) -> None:
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
         import torch
@@ -57,6 +67,7 @@ class StageWorker:
         if config.torch_threads:
             torch.set_num_threads(config.torch_threads)
         self.config, self.spec, self.fresh_tensors = config, spec, fresh_tensors
+        self.progress = progress  # reports each finished step, without waiting (engine/progress.py)
         self.model = load_model(config.model, config.dtype, config.device, spec.parts)
         if spec.denoise_stage is not None:
             self._prepare_unet()
@@ -106,7 +117,8 @@ class StageWorker:
         else:
             state = item
         if steps is not None:
-            state = stages.denoise(self.model, state, range(*steps), simulate_step_s=self.simulate_s)
+            on_step = self.progress.for_request(state.request_id) if self.progress is not None else None
+            state = stages.denoise(self.model, state, range(*steps), on_step=on_step, simulate_step_s=self.simulate_s)
         result: RequestState | EncodedVideo
         if self.spec.decodes:
             result = self._decode(state, started, _steps(steps), codec_s)

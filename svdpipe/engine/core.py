@@ -30,6 +30,7 @@ from svdpipe.config import (
     check_steps_cover_stages,
     resolve_params,
 )
+from svdpipe.engine.progress import ProgressFeed, StepReporter
 from svdpipe.errors import (
     ConfigError,
     RequestCancelledError,
@@ -48,7 +49,6 @@ logger = logging.getLogger(__name__)
 ProgressCallback = Callable[[int, int], None]  # (steps done, total steps)
 _GROUP_BACKENDS = {"gloo": "torch_gloo", "nccl": "nccl"}  # transports that need a collective group
 _RDT = ("gloo", "nccl", "cuda_ipc")
-_PROGRESS_POLL_S = 0.02
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,6 @@ class _Inflight:
     refs: list[ray.ObjectRef] = field(default_factory=list)
     cancelled: bool = False
     on_progress: ProgressCallback | None = None
-    step_marks: list[tuple[ray.ObjectRef, int]] = field(default_factory=list)  # (ref, steps done when ready)
     total_steps: int = 0
     reported: int = 0
 
@@ -104,7 +103,9 @@ class Engine:
         self._inflight: dict[str, _Inflight] = {}
         self._slots: asyncio.Semaphore | None = None
         self._rebuild_lock: asyncio.Lock | None = None
-        self._progress_task: asyncio.Task | None = None
+        # Stages report every finished step to the feed's sink (engine/progress.py).
+        self._progress = ProgressFeed(self._on_step_report)
+        self._reporter: StepReporter | None = None
         self._recovery: asyncio.Task | None = None
         self._started = False
         self.completed = 0
@@ -134,6 +135,7 @@ class Engine:
                 ) from exc
         # 3. actors, group, warm-up; on any failure release what was built
         try:
+            self._reporter = self._progress.start()
             self._actors = [self._new_actor(spec) for spec in self.layout]
             await self._await_ready(self._actors)
             self._make_group()
@@ -141,7 +143,6 @@ class Engine:
         except BaseException:
             await self.shutdown()
             raise
-        self._progress_task = asyncio.get_running_loop().create_task(self._progress_loop())
         self._started = True
         logger.info(
             "engine ready: %d actors (%s), transport %s",
@@ -154,8 +155,7 @@ class Engine:
         """Cancel everything in flight, kill the actors and release the placement group."""
         for inf in list(self._inflight.values()):
             self._cancel_refs(inf)
-        if self._progress_task is not None:
-            self._progress_task.cancel()
+        await self._progress.stop()
         self._destroy_group()
         for actor in self._actors:
             with contextlib.suppress(Exception):
@@ -194,7 +194,7 @@ class Engine:
             options["runtime_env"] = {"env_vars": {"RAY_ENABLE_ZERO_COPY_TORCH_TENSORS": "1"}}
         for _ in range(50):  # a replaced actor's name frees once Ray has marked it dead
             try:
-                return cls.options(**options).remote(self.config, spec, rdt)
+                return cls.options(**options).remote(self.config, spec, rdt, self._reporter)
             except ValueError as exc:  # ActorAlreadyExistsError
                 if "already taken" not in str(exc):
                     raise
@@ -310,7 +310,6 @@ class Engine:
             submitted = time.time()
             req = EncodeRequest(inf.request_id, image_png, params, fmt, submitted)
             inf.refs = self._submit_chain(req, ranges)
-            inf.step_marks = self._step_marks(inf.refs, ranges)
             inf.reported = 0  # a retry starts over
             try:
                 video: EncodedVideo = await asyncio.wait_for(
@@ -376,36 +375,15 @@ class Engine:
             refs.append(item)
         return refs
 
-    def _step_marks(self, refs: list[ray.ObjectRef], ranges: list[range]) -> list[tuple[ray.ObjectRef, int]]:
-        marks = []
-        for ref, spec in zip(refs, self.layout, strict=True):
-            if spec.denoise_stage is not None and not spec.decodes:
-                marks.append((ref, ranges[spec.denoise_stage].stop))
-        return marks
-
     def _cancel_refs(self, inf: _Inflight) -> None:
         for ref in inf.refs:
             with contextlib.suppress(Exception):
                 ray.cancel(ref)
 
-    async def _progress_loop(self) -> None:
-        """Report completed step ranges without fetching the latents (ray.wait with fetch_local=False)."""
-        while True:
-            await asyncio.sleep(_PROGRESS_POLL_S)
-            watched = {ref: inf for inf in self._inflight.values() if inf.on_progress for ref, _ in inf.step_marks}
-            if not watched:
-                continue
-            try:
-                ready, _ = ray.wait(list(watched), num_returns=len(watched), timeout=0, fetch_local=False)
-            except Exception:  # a ref cancelled under us; the next round sees the new set
-                continue
-            for ref in ready:
-                inf = watched[ref]
-                for i, (mark_ref, steps) in enumerate(inf.step_marks):
-                    if mark_ref == ref:
-                        inf.step_marks.pop(i)
-                        inf.report(steps)
-                        break
+    def _on_step_report(self, request_id: str, steps_done: int) -> None:
+        inf = self._inflight.get(request_id)
+        if inf is not None:  # else finished, cancelled, or the warm-up
+            inf.report(steps_done)
 
     # ---------------------------------------------------------------- failures
 
