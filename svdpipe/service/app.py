@@ -13,11 +13,13 @@ import binascii
 import hmac
 import json
 import logging
+from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Query, Request
+from fastapi import FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.staticfiles import StaticFiles
 from pydantic import ValidationError
 from ray import serve
 from ray.serve import Application
@@ -28,6 +30,7 @@ from svdpipe.config import VideoParams
 from svdpipe.errors import InvalidRequestError, describe_validation_error
 from svdpipe.images import load_image
 from svdpipe.service.config import ServiceConfig
+from svdpipe.service.events import EVENTS_DOC, already_final, job_events
 from svdpipe.service.jobs import JobManager, QueueFull
 from svdpipe.service.schemas import (
     CreateVideoForm,
@@ -44,6 +47,7 @@ from svdpipe.video import CONTENT_TYPES
 logger = logging.getLogger(__name__)
 
 _PARAM_FIELDS = set(VideoParams.model_fields)
+WEB_DIR = Path(__file__).parent / "web"  # the page at / (plain HTML/CSS/JS, package data)
 _FORM_FIELDS = _PARAM_FIELDS | {"output_format"}
 
 
@@ -65,6 +69,7 @@ api = FastAPI(
     version=__version__,
     description="Image-to-video with Stable Video Diffusion, denoising steps pipelined across GPU workers.",
 )
+api.mount("/web", StaticFiles(directory=WEB_DIR), name="web")
 
 
 @api.exception_handler(ApiError)
@@ -220,8 +225,8 @@ class VideoService:
     # ---------------------------------------------------------------- routes
 
     @api.get("/", include_in_schema=False)
-    async def root(self) -> RedirectResponse:
-        return RedirectResponse("/docs")
+    async def root(self) -> FileResponse:
+        return FileResponse(WEB_DIR / "index.html", media_type="text/html")
 
     @api.post(
         "/v1/videos",
@@ -287,6 +292,37 @@ class VideoService:
             data,
             media_type=CONTENT_TYPES[record.output_format],
             headers={"Content-Disposition": f'attachment; filename="{video_id}.{record.output_format}"'},
+        )
+
+    @api.get(
+        "/v1/videos/{video_id}/events",
+        response_class=StreamingResponse,
+        responses={
+            **_ERRORS,
+            200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}, "description": "The stream"},
+            204: {"description": "The event named by Last-Event-ID was already the job's final one"},
+        },
+        summary="Stream the job's status and progress (Server-Sent Events)",
+        description=EVENTS_DOC,
+    )
+    async def video_events(
+        self,
+        request: Request,
+        video_id: str,
+        last_event_id: str | None = Header(None, description="Resume after this event (sent by EventSource)."),
+    ) -> Response:
+        self._auth(request)
+        if already_final(self._job(self._get(video_id)), last_event_id):
+            return Response(status_code=204)  # tells an EventSource not to reconnect
+
+        def read() -> VideoJob | None:
+            record = self.jobs.get(video_id)
+            return None if record is None else self._job(record)
+
+        return StreamingResponse(
+            job_events(read, self.jobs.changes, last_event_id),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},  # no proxy buffering
         )
 
     @api.post("/v1/videos/{video_id}/cancel", response_model=VideoJob, responses=_ERRORS, summary="Cancel a job")

@@ -25,6 +25,7 @@ from svdpipe.errors import (
     SvdpipeError,
 )
 from svdpipe.service.config import ServiceConfig
+from svdpipe.service.events import ChangeSignal
 from svdpipe.service.metrics import ServiceMetrics
 from svdpipe.service.store import TERMINAL, JobRecord, JobStore
 
@@ -79,6 +80,7 @@ class JobManager:
         self._completions: deque[float] = deque(maxlen=64)
         self._background: list[asyncio.Task] = []
         self._stopping = False
+        self.changes = ChangeSignal()  # notified on every status, queue or progress change (event streams wait on it)
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -123,6 +125,7 @@ class JobManager:
         self._pending.append(record.id)
         self._nonempty.set()
         self.metrics.job_status("queued")
+        self.changes.notify()
         return record
 
     def get(self, job_id: str) -> JobRecord | None:
@@ -160,7 +163,9 @@ class JobManager:
         """Delete a job and its files, cancelling it first if it is still queued or running."""
         self.cancel(job_id)
         self._progress.pop(job_id, None)
-        return self.store.delete(job_id)
+        deleted = self.store.delete(job_id)
+        self.changes.notify()
+        return deleted
 
     async def health(self) -> dict[str, Any]:
         stages = await self.engine.health()
@@ -181,6 +186,7 @@ class JobManager:
                 self._nonempty.clear()
                 await self._nonempty.wait()
             job_id = self._pending.popleft()
+            self.changes.notify()  # every waiting job moved up
             task = asyncio.get_running_loop().create_task(self._run(job_id))
             self._tasks[job_id] = task
             try:
@@ -203,9 +209,11 @@ class JobManager:
         )
         self.metrics.job_status("in_progress")
         self._progress[job_id] = 0
+        self.changes.notify()
 
         def on_progress(done: int, total: int) -> None:
             self._progress[job_id] = min(99, int(100 * done / total))  # 100 only once the video is stored
+            self.changes.notify()
 
         try:
             result = await self.engine.generate(
@@ -253,6 +261,7 @@ class JobManager:
         except KeyError:
             return None  # deleted meanwhile
         self.metrics.job_status(status)
+        self.changes.notify()
         return record
 
     def _retry_after(self) -> int:

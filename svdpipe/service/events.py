@@ -1,0 +1,136 @@
+"""Server-Sent Events of one job (GET /v1/videos/{id}/events): its state as it changes, then the outcome.
+
+A job's state is a few numbers that only move forward (status, queue position, progress), so the stream sends
+the job whenever they change, not a log of everything that happened: an event's id *is* the state it shows
+(`<status>.<progress>.<queue position>`), and a client reconnecting with `Last-Event-ID` gets only what changed
+since (missed intermediate progress values are not replayed; the latest is). No server keeps per-stream
+history, so this works on any replica and with any job store.
+
+Waking: the job manager calls `ChangeSignal.notify()` whenever any job changes; streams re-read their job then,
+and at least every `poll_s` too (a change made by another process, e.g. another replica, notifies nobody here).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import NamedTuple
+
+from svdpipe.service.schemas import VideoJob
+from svdpipe.service.store import STATUSES, TERMINAL
+
+RETRY_MS = 1000  # how soon an EventSource reconnects after a dropped connection
+POLL_S = 1.0
+KEEPALIVE_S = 15.0  # a comment line this often keeps proxies from closing a quiet stream (a long queue)
+
+EVENT_NAMES = ("status", "queue_position", "progress", *TERMINAL, "error")
+EVENTS_DOC = f"""A `text/event-stream` of the job, from now until it ends (then the server closes the stream).
+
+Every event's `data` is the job as `GET /v1/videos/{{id}}` returns it. The event name says what changed:
+`status` (the first event, and on every non-final status change), `queue_position`, `progress` (once per
+denoising step), and finally one of `completed`, `failed` (`error` says why) or `cancelled`; `error` (data:
+an error body) if the job is deleted meanwhile. An event's `id` names the state it shows; reconnecting with
+`Last-Event-ID` sends only what changed since (the latest values, not every missed step), and answers 204 if
+that event was already the final one. `retry: {RETRY_MS}` is sent first; a `:` comment line every
+{KEEPALIVE_S:g} s keeps idle connections open."""
+
+
+class ChangeSignal:
+    """Wakes every waiter when any job changes. Take `waiter()` *before* reading state, so no change is missed."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def notify(self) -> None:
+        self._event.set()
+        self._event = asyncio.Event()
+
+    def waiter(self) -> asyncio.Event:
+        return self._event
+
+
+class JobState(NamedTuple):
+    """What the stream reports changes of."""
+
+    status: str
+    progress: int
+    queue_position: int
+
+    @classmethod
+    def of(cls, job: VideoJob) -> JobState:
+        return cls(job.status, job.progress, job.queue_position or 0)
+
+    @property
+    def event_id(self) -> str:
+        return f"{self.status}.{self.progress}.{self.queue_position}"
+
+    @classmethod
+    def parse(cls, event_id: str | None) -> JobState | None:
+        """The state a Last-Event-ID names; None for a missing or foreign id (the client then gets everything)."""
+        if not event_id:
+            return None
+        parts = event_id.strip().split(".")
+        if len(parts) != 3 or parts[0] not in STATUSES or not all(p.isdigit() for p in parts[1:]):
+            return None
+        return cls(parts[0], int(parts[1]), int(parts[2]))
+
+    @property
+    def final(self) -> bool:
+        return self.status in TERMINAL
+
+
+def event_name(previous: JobState | None, current: JobState) -> str:
+    """What changed from `previous` to `current` (the final event is named after the final status)."""
+    if current.final:
+        return current.status
+    if previous is None or previous.status != current.status:
+        return "status"
+    if previous.progress != current.progress:
+        return "progress"
+    return "queue_position"
+
+
+def format_event(name: str, data: str, event_id: str | None = None) -> str:
+    """One SSE message; `data` is a single line (JSON)."""
+    head = f"id: {event_id}\n" if event_id is not None else ""
+    return f"{head}event: {name}\ndata: {data}\n\n"
+
+
+def already_final(job: VideoJob, last_event_id: str | None) -> bool:
+    """The client's last event was this job's final one: nothing left to send (answer 204)."""
+    seen = JobState.parse(last_event_id)
+    return seen is not None and seen.final and seen == JobState.of(job)
+
+
+async def job_events(
+    read: Callable[[], VideoJob | None],
+    changes: ChangeSignal,
+    last_event_id: str | None = None,
+    poll_s: float = POLL_S,
+    keepalive_s: float = KEEPALIVE_S,
+) -> AsyncIterator[str]:
+    """The stream: `read()` gives the job now (None once deleted); ends after the final event."""
+    yield f"retry: {RETRY_MS}\n\n"
+    previous = JobState.parse(last_event_id)
+    last_sent = time.monotonic()
+    while True:
+        changed = changes.waiter()
+        job = read()
+        if job is None:
+            body = {"error": {"message": "the job was deleted", "type": "not_found_error", "code": "404"}}
+            yield format_event("error", json.dumps(body))
+            return
+        state = JobState.of(job)
+        if state != previous:
+            yield format_event(event_name(previous, state), job.model_dump_json(), state.event_id)
+            previous, last_sent = state, time.monotonic()
+        if state.final:
+            return
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(changed.wait(), poll_s)
+        if time.monotonic() - last_sent >= keepalive_s:
+            yield ": keep-alive\n\n"
+            last_sent = time.monotonic()
