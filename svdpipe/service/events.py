@@ -30,12 +30,12 @@ EVENT_NAMES = ("status", "queue_position", "progress", *TERMINAL, "error")
 EVENTS_DOC = f"""A `text/event-stream` of the job, from now until it ends (then the server closes the stream).
 
 Every event's `data` is the job as `GET /v1/videos/{{id}}` returns it. The event name says what changed:
-`status` (the first event, and on every non-final status change), `queue_position`, `progress` (once per
-denoising step), and finally one of `completed`, `failed` (`error` says why) or `cancelled`; `error` (data:
-an error body) if the job is deleted meanwhile. An event's `id` names the state it shows; reconnecting with
-`Last-Event-ID` sends only what changed since (the latest values, not every missed step), and answers 204 if
-that event was already the final one. `retry: {RETRY_MS}` is sent first; a `:` comment line every
-{KEEPALIVE_S:g} s keeps idle connections open."""
+`status` (the first event, and on every non-final status change), `queue_position`, `progress` (whenever the
+percentage moves: every denoising step, for up to 100 steps), and finally one of `completed`, `failed`
+(`error` says why) or `cancelled`; `error` (data: an error body) if the job is deleted meanwhile.
+An event's `id` names the state it shows; reconnecting with `Last-Event-ID` sends only what changed since
+(the latest values, not every missed step), and answers 204 if that event was already the final one.
+`retry: {RETRY_MS}` is sent first; a `:` comment line every {KEEPALIVE_S:g} s keeps idle connections open."""
 
 
 class ChangeSignal:

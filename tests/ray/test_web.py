@@ -237,6 +237,22 @@ def test_page_cancels_a_long_job(page, service):
 
 
 @pytest.mark.browser
+def test_page_sends_the_api_key_and_keeps_it_in_this_tab_only(page):
+    page.click("summary >> text=API key")
+    page.fill("#api-key", "secret-key-123")
+    with page.expect_request(lambda r: "/v1/videos?" in r.url) as listing:
+        page.evaluate("refreshJobs()")
+    assert listing.value.headers.get("authorization") == "Bearer secret-key-123"
+    assert page.evaluate("sessionStorage.getItem('svdpipe.apiKey')") == "secret-key-123"
+    assert page.evaluate("localStorage.length") == 0
+    page.reload()  # same tab: still there
+    assert page.input_value("#api-key") == "secret-key-123"
+    other = page.context.new_page()  # another tab: sessionStorage is per tab
+    other.goto(page.url)
+    assert other.input_value("#api-key") == ""
+
+
+@pytest.mark.browser
 def test_page_fits_a_phone_width(browser, service):
     context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
     page = context.new_page()
