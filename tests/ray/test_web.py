@@ -162,6 +162,7 @@ def browser():
         browser.close()
 
 
+# Browser tests name `browser` first: pytest then sets it up (or skips) before the module's service starts.
 @pytest.fixture
 def page(browser, service):
     context = browser.new_context(viewport={"width": 1280, "height": 900})
@@ -179,7 +180,7 @@ def _status_is(page, text: str, timeout_s: float = 120) -> None:
 
 
 @pytest.mark.browser
-def test_page_makes_a_video_with_live_progress(page, service, tmp_path):
+def test_page_makes_a_video_with_live_progress(browser, page, service, tmp_path):
     # Record every progress text the page shows, as it shows it.
     page.evaluate(
         """() => {
@@ -211,7 +212,7 @@ def test_page_makes_a_video_with_live_progress(page, service, tmp_path):
 
 
 @pytest.mark.browser
-def test_page_shows_the_services_error_for_an_oversized_image(page):
+def test_page_shows_the_services_error_for_an_oversized_image(browser, page):
     buf = io.BytesIO()
     PIL.Image.new("RGB", (1100, 1000), (90, 90, 90)).save(buf, "PNG")  # over max_image_pixels
     page.set_input_files("#image", files=[{"name": "big.png", "mimeType": "image/png", "buffer": buf.getvalue()}])
@@ -223,7 +224,7 @@ def test_page_shows_the_services_error_for_an_oversized_image(page):
 
 
 @pytest.mark.browser
-def test_page_cancels_a_long_job(page, service):
+def test_page_cancels_a_long_job(browser, page, service):
     page.set_input_files("#image", str(SAMPLE))
     page.fill("input[name=num_inference_steps]", "400")
     page.click("#generate")
@@ -237,7 +238,7 @@ def test_page_cancels_a_long_job(page, service):
 
 
 @pytest.mark.browser
-def test_page_sends_the_api_key_and_keeps_it_in_this_tab_only(page):
+def test_page_sends_the_api_key_and_keeps_it_in_this_tab_only(browser, page):
     page.click("summary >> text=API key")
     page.fill("#api-key", "secret-key-123")
     with page.expect_request(lambda r: "/v1/videos?" in r.url) as listing:
