@@ -3,8 +3,8 @@
 Each replica reserves a placement group (its own bundle first, then one per stage actor, the pattern Ray Serve
 LLM uses), builds its engine inside it, and serves the OpenAI-videos-shaped jobs API on top of a job manager
 and the job store. All replicas share one queue in the store (PostgreSQL for replicas on several machines), so
-any replica answers for any job and each job runs on exactly one pipeline. `app_builder` is the typed builder that `serve run deploy/serve_config.yaml` and
-`svdpipe serve` both use.
+any replica answers for any job and each job runs on exactly one pipeline. `app_builder` is the typed builder
+that `serve run deploy/serve_config.yaml` and `svdpipe serve` both use.
 
 (No `from __future__ import annotations` here: FastAPI must see real types on the ingress methods.)
 """
