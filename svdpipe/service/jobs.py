@@ -220,6 +220,7 @@ class JobManager:
         """Claim the oldest queued job whenever the pipeline has a free slot."""
         while True:
             record = None
+            self._wakeup.clear()  # before the claim: a submit during it must still wake the next wait
             if len(self._tasks) < self.engine.config.max_inflight:
                 try:
                     record = self.store.claim(self.owner, self.config.lease_s)
@@ -231,7 +232,6 @@ class JobManager:
             if record is None:
                 # Sleep until woken or the next poll (other replicas' jobs). asyncio.wait, not wait_for: in
                 # Python 3.11 wait_for can swallow a cancel that arrives as the event fires, and stop() hangs.
-                self._wakeup.clear()
                 waiter = asyncio.ensure_future(self._wakeup.wait())
                 try:
                     await asyncio.wait({waiter}, timeout=self.config.poll_interval_s)

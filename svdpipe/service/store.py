@@ -49,6 +49,7 @@ answers 503 with Retry-After); nothing is changed then.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import json
 import logging
@@ -239,7 +240,7 @@ def _write_tmp(final: Path, data: bytes) -> Path:
     return tmp
 
 
-class SQLJobStore:
+class SQLJobStore(abc.ABC):
     """The :class:`JobStore` logic shared by the SQL backends: records in a ``jobs`` table, files under ``data_dir``.
 
     SQL is written once, with ``?`` placeholders; a backend supplies the connection (:meth:`_transaction` and
@@ -260,19 +261,21 @@ class SQLJobStore:
 
     # -- what a backend provides ------------------------------------------------------------------------------
 
+    @abc.abstractmethod
     def _transaction(self) -> contextlib.AbstractContextManager[Any]:
         """A write transaction: commit on success, roll back on error."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _reading(self) -> contextlib.AbstractContextManager[Any]:
         """A connection for reads (may be the same as a transaction)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _is_duplicate(self, exc: BaseException) -> bool:
-        raise NotImplementedError
+        """Whether ``exc`` is the driver's unique-key violation."""
 
+    @abc.abstractmethod
     def close(self) -> None:
-        raise NotImplementedError
+        """Release the connection; calling it twice is harmless."""
 
     def __enter__(self) -> SQLJobStore:
         return self
