@@ -80,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_flags(srv, EngineConfig, _ENGINE_ALIASES, _ENGINE_SKIP)
     from svdpipe.service.config import ServiceConfig
 
-    add_model_flags(srv, ServiceConfig, skip={"engine"})
+    # autoscaling is a nested object: set it in deploy/serve_config.yaml.
+    add_model_flags(srv, ServiceConfig, {"num_replicas": "--replicas"}, skip={"engine", "autoscaling"})
 
     from svdpipe.bench import add_bench_parser
 

@@ -33,6 +33,10 @@ class QueueFullError(SvdpipeError):
     """The engine is at capacity; try again later."""
 
 
+class StoreUnavailableError(SvdpipeError):
+    """The job store (its database server) cannot be reached right now; try again later."""
+
+
 def describe_validation_error(exc: Exception) -> str:
     """One readable line per problem in a pydantic ValidationError (other exceptions: their message)."""
     errors = getattr(exc, "errors", None)

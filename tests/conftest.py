@@ -53,3 +53,62 @@ def diffusers_frames(pipe, image, params) -> np.ndarray:
         output_type="np",
     )
     return out.frames[0]
+
+
+# -- job stores: every contract test runs against SQLite and against a real PostgreSQL ------------------------
+
+PG_SKIP_REASON = (
+    "no PostgreSQL for the job-store tests: set SVDPIPE_TEST_PG_DSN, or run them under "
+    "`python -m tests.pg -- python -m pytest ...` (CI does)"
+)
+
+
+@pytest.fixture
+def pg_dsn():
+    """The address of an empty schema of its own on the test PostgreSQL (dropped afterwards); skips without one."""
+    import uuid
+    from urllib.parse import quote
+
+    import psycopg
+
+    from tests.pg import DSN_ENV
+
+    dsn = os.environ.get(DSN_ENV)
+    if not dsn:
+        pytest.skip(PG_SKIP_REASON)
+    schema = f"test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    sep = "&" if "?" in dsn else "?"
+    yield f"{dsn}{sep}options={quote(f'-csearch_path={schema}')}"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def open_store(request, tmp_path):
+    """A function that opens a job store (a new connection each call) on one fresh database and data directory."""
+    from svdpipe.service.store import SQLiteJobStore
+
+    if request.param == "sqlite":
+
+        def factory():
+            return SQLiteJobStore(tmp_path)
+    else:
+        from svdpipe.service.postgres_store import PostgresJobStore
+
+        dsn = request.getfixturevalue("pg_dsn")
+
+        def factory():
+            return PostgresJobStore(dsn, tmp_path)
+
+    opened = []
+
+    def open_() -> object:
+        opened.append(factory())
+        return opened[-1]
+
+    open_.backend = request.param  # type: ignore[attr-defined]
+    yield open_
+    for store in opened:
+        store.close()

@@ -1,9 +1,10 @@
-"""The Ray Serve application: a FastAPI jobs API for image-to-video whose replica owns the stage engine.
+"""The Ray Serve application: a FastAPI jobs API for image-to-video; each replica owns one stage pipeline.
 
-The replica reserves a placement group (its own bundle first, then one per stage actor, the pattern Ray Serve
-LLM uses), builds the engine inside it, and serves the OpenAI-videos-shaped jobs API on top of a job manager
-and a durable job store. `app_builder` is the typed builder that `serve run deploy/serve_config.yaml` and
-`svdpipe serve` both use.
+Each replica reserves a placement group (its own bundle first, then one per stage actor, the pattern Ray Serve
+LLM uses), builds its engine inside it, and serves the OpenAI-videos-shaped jobs API on top of a job manager
+and the job store. All replicas share one queue in the store (PostgreSQL for replicas on several machines), so
+any replica answers for any job and each job runs on exactly one pipeline. `app_builder` is the typed builder
+that `serve run deploy/serve_config.yaml` and `svdpipe serve` both use.
 
 (No `from __future__ import annotations` here: FastAPI must see real types on the ingress methods.)
 """
@@ -27,7 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from svdpipe import __version__
 from svdpipe.config import VideoParams
-from svdpipe.errors import InvalidRequestError, describe_validation_error
+from svdpipe.errors import InvalidRequestError, StoreUnavailableError, describe_validation_error
 from svdpipe.images import load_image
 from svdpipe.service.config import ServiceConfig
 from svdpipe.service.events import EVENTS_DOC, already_final, job_events
@@ -88,6 +89,13 @@ async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONRes
     return _error(exc.status_code, str(exc.detail), kind if exc.status_code < 500 else "server_error")
 
 
+@api.exception_handler(StoreUnavailableError)
+async def _store_unavailable(request: Request, exc: StoreUnavailableError) -> JSONResponse:
+    # The database is down (a restart, a failover): the client should retry, nothing it sent was wrong.
+    retry_after = getattr(request.app.state, "store_retry_after_s", 5)
+    return _error(503, f"{exc}; retry later", "service_unavailable_error", {"Retry-After": str(retry_after)})
+
+
 @api.exception_handler(Exception)
 async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
     logger.exception("unexpected error")
@@ -113,6 +121,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         413: "Upload too large",
         415: "Unsupported content type",
         429: "Queue full; see Retry-After",
+        503: "Job store unreachable for a moment; see Retry-After",
     }.items()
 }
 
@@ -133,27 +142,39 @@ def _decode_data_url(url: str) -> bytes:
 @serve.deployment(max_ongoing_requests=512, graceful_shutdown_timeout_s=30)
 @serve.ingress(api)
 class VideoService:
-    """The ingress replica: owns the engine (and so the stage actors), the job manager and the store."""
+    """One replica: owns one pipeline (the engine and its stage actors) and serves every job in the shared store."""
 
     async def __init__(self, config: ServiceConfig | dict[str, Any]) -> None:
         from ray.util import get_current_placement_group
 
         from svdpipe.engine import Engine
         from svdpipe.service.metrics import ServiceMetrics
-        from svdpipe.service.store import SQLiteJobStore
+        from svdpipe.service.store import open_job_store
 
         self.config = config if isinstance(config, ServiceConfig) else ServiceConfig.model_validate(config)
+        # 1. Who this replica is: its id names its stage actors (the dashboard shows which pipeline an actor
+        # belongs to, and two replicas' actors never collide) and its leases in the shared job store.
+        replica = serve.get_replica_context().replica_id.unique_id
+        engine_config = self.config.engine.model_copy(
+            update={"name_prefix": f"{self.config.engine.name_prefix}-{replica}"}
+        )
+        # 2. The job store first: if it is unreachable the replica fails to start (Serve retries it) before it
+        # reserves any accelerator.
+        self.store = open_job_store(self.config.store_address(), self.config.data_dir)
+        api.state.store_retry_after_s = self.config.store_retry_after_s
+        # 3. The pipeline, in this replica's own placement group: bundle 0 is the replica's, the stage actors
+        # take the bundles after it.
         pg = get_current_placement_group()
-        # Bundle 0 is this replica's; the stage actors take the bundles after it.
-        self.engine = Engine(self.config.engine, placement_group=pg, first_bundle=1 if pg is not None else 0)
+        self.engine = Engine(engine_config, placement_group=pg, first_bundle=1 if pg is not None else 0)
         await self.engine.start()
-        self.store = SQLiteJobStore(self.config.data_dir)
-        self.jobs = JobManager(self.engine, self.store, self.config, ServiceMetrics())
+        # 4. Start claiming jobs from the shared queue.
+        self.jobs = JobManager(self.engine, self.store, self.config, ServiceMetrics(), owner=replica)
         await self.jobs.start()
-        logger.info("svdpipe service ready: data in %s", self.config.data_dir)
+        logger.info("svdpipe replica %s ready: actors %s-*, files in %s", replica, engine_config.name_prefix,
+                    self.config.data_dir)  # fmt: skip
 
     async def __del__(self) -> None:
-        await self.jobs.stop()
+        await self.jobs.stop()  # puts this replica's running jobs back in the queue for the others
         await self.engine.shutdown()
         self.store.close()
 
@@ -170,7 +191,8 @@ class VideoService:
             )
 
     def _job(self, record: JobRecord) -> VideoJob:
-        return VideoJob.from_record(record, self.jobs.queue_position(record.id))
+        position = self.jobs.queue_position(record.id) if record.status == "queued" else None
+        return VideoJob.from_record(record, position)
 
     def _get(self, job_id: str) -> JobRecord:
         record = self.jobs.get(job_id)
@@ -261,7 +283,8 @@ class VideoService:
             records = self.store.list(limit=limit + 1, after=after, status=status)
         except ValueError as exc:
             raise ApiError(400, str(exc)) from exc
-        page = [self._job(self.jobs.live(r)) for r in records[:limit]]
+        positions = self.jobs.queue_positions([r.id for r in records[:limit] if r.status == "queued"])
+        page = [VideoJob.from_record(self.jobs.live(r), positions.get(r.id)) for r in records[:limit]]
         return VideoJobList(
             data=page,
             first_id=page[0].id if page else None,
@@ -349,7 +372,11 @@ def app_builder(args: ServiceConfig) -> Application:
         args = ServiceConfig.model_validate(args)
     if args.api_key is None:
         logger.info("no API key configured: the jobs API is open (fine on localhost; set SVDPIPE_API_KEY otherwise)")
+    scaling: dict[str, Any] = {"num_replicas": args.num_replicas}
+    if args.autoscaling is not None:
+        scaling = {"autoscaling_config": args.autoscaling.model_dump()}
     return VideoService.options(
+        **scaling,
         placement_group_bundles=args.bundles(),
         placement_group_strategy=args.engine.placement_strategy,
         ray_actor_options={"num_cpus": args.replica_cpus},

@@ -19,6 +19,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import NamedTuple
 
+from svdpipe.errors import StoreUnavailableError
 from svdpipe.service.schemas import VideoJob
 from svdpipe.service.store import STATUSES, TERMINAL
 
@@ -118,7 +119,11 @@ async def job_events(
     last_sent = time.monotonic()
     while True:
         changed = changes.waiter()
-        job = read()
+        try:
+            job = read()
+        except StoreUnavailableError:  # the store is down for a moment: keep the stream, ask again
+            await asyncio.sleep(poll_s)
+            continue
         if job is None:
             body = {"error": {"message": "the job was deleted", "type": "not_found_error", "code": "404"}}
             yield format_event("error", json.dumps(body))

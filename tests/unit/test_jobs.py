@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 from dataclasses import dataclass, field
 from types import SimpleNamespace
@@ -208,3 +209,181 @@ def test_jobs_survive_a_restart(tmp_path):
     records, contents = asyncio.run(second_run(ids))
     assert [r.attempts for r in records] == [1, 2, 1]  # the interrupted job ran again
     assert contents == [f"video:{i}:{s}".encode() for i, s in zip(ids, (1, 2, 3), strict=True)]
+
+
+# -- several replicas on one store (each manager has its own connection, as replicas in other processes do) --------
+
+FAST = {"poll_interval_s": 0.05, "lease_s": 1.0}
+
+
+def _replica(open_store, tmp_path, name: str, engine: FakeEngine, **cfg: Any) -> JobManager:
+    config = ServiceConfig(data_dir=str(tmp_path), **{**FAST, **cfg})
+    return JobManager(engine, open_store(), config, owner=name)
+
+
+async def _crash(manager: JobManager) -> None:
+    """The replica's process dies: its loops and jobs stop, nothing is released or recorded."""
+    manager._stopping = True
+    tasks = [*manager._background, *manager._tasks.values()]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def test_two_replicas_share_one_queue_and_serve_each_others_jobs(open_store, tmp_path):
+    async def scenario():
+        engines = [FakeEngine(max_inflight=1, step_s=0.02), FakeEngine(max_inflight=1, step_s=0.02)]
+        a, b = (_replica(open_store, tmp_path, n, e) for n, e in zip("ab", engines, strict=True))
+        await a.start()
+        await b.start()
+        records = [a.submit(_png(), VideoParams(num_inference_steps=4, seed=i), "mp4") for i in range(8)]
+        assert [b.queue_position(r.id) for r in records[-2:]] == [7, 8]  # one global queue, oldest first
+        done = [await _wait_status(b, r.id, ("completed",)) for r in records]
+        contents = [b.store.content(r.id) for r in records]
+        await a.stop()
+        await b.stop()
+        return engines, records, done, contents
+
+    engines, records, done, contents = asyncio.run(scenario())
+    calls = engines[0].calls + engines[1].calls
+    assert sorted(calls) == sorted(r.id for r in records)  # every job ran exactly once, on one replica
+    assert engines[0].calls and engines[1].calls  # and both replicas took jobs from the queue
+    assert {d.owner for d in done} == {"a", "b"} and {d.attempts for d in done} == {1}
+    assert contents == [f"video:{r.id}:{i}".encode() for i, r in enumerate(records)]
+
+
+def test_cancel_through_another_replica_stops_the_job_where_it_runs(open_store, tmp_path):
+    async def scenario():
+        engine_a = FakeEngine(max_inflight=1, step_s=0.05)
+        a = _replica(open_store, tmp_path, "a", engine_a)
+        b = _replica(open_store, tmp_path, "b", FakeEngine(max_inflight=1))
+        await a.start()
+        await b.start()
+        long = a.submit(_png(), VideoParams(num_inference_steps=400), "mp4")
+        await _wait_status(a, long.id, ("in_progress",))
+        for _ in range(100):  # wait for a heartbeat to carry a's progress to the store
+            if b.get(long.id).progress > 0:
+                break
+            await asyncio.sleep(0.02)
+        seen_progress = b.get(long.id).progress
+        cancelled = b.cancel(long.id)  # b does not run it
+        for _ in range(500):
+            if long.id in engine_a.cancelled:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.2)
+        final = b.get(long.id)
+        await a.stop()
+        await b.stop()
+        return engine_a, long, seen_progress, cancelled, final
+
+    engine_a, long, seen_progress, cancelled, final = asyncio.run(scenario())
+    assert seen_progress > 0  # any replica shows the progress of a job running elsewhere
+    assert cancelled is not None and cancelled.status == "cancelled"
+    assert long.id in engine_a.cancelled  # the owner was told, through the store, and stopped it
+    assert final.status == "cancelled" and final.content_bytes is None
+
+
+def test_a_dead_replicas_job_is_requeued_by_lease_and_finishes_elsewhere(open_store, tmp_path):
+    async def scenario():
+        a = _replica(open_store, tmp_path, "a", FakeEngine(max_inflight=1, step_s=0.05))
+        engine_b = FakeEngine(max_inflight=1, step_s=0.01)
+        b = _replica(open_store, tmp_path, "b", engine_b)
+        await a.start()
+        job = a.submit(_png(), VideoParams(num_inference_steps=400, seed=77), "mp4")
+        running = await _wait_status(a, job.id, ("in_progress",))
+        await _crash(a)
+        await b.start()  # b's housekeeping re-queues the job once a's lease has run out, then b claims it
+        done = await _wait_status(b, job.id, ("completed",), timeout=20)
+        content = b.store.content(job.id)
+        await b.stop()
+        return job, running, done, content, engine_b
+
+    job, running, done, content, engine_b = asyncio.run(scenario())
+    assert running.owner == "a" and running.attempts == 1
+    assert done.owner == "b" and done.attempts == 2 and engine_b.calls == [job.id]
+    assert content == f"video:{job.id}:77".encode()  # same seed, same output
+
+
+def test_a_job_that_kills_every_replica_fails_after_max_attempts(open_store, tmp_path):
+    async def scenario():
+        job_id = None
+        for attempt in range(3):
+            replica = _replica(open_store, tmp_path, f"r{attempt}", FakeEngine(step_s=0.05), max_job_attempts=2)
+            await replica.start()
+            if job_id is None:
+                job_id = replica.submit(_png(), VideoParams(num_inference_steps=400), "mp4").id
+            for _ in range(2000):  # until this replica runs it (after the last one's lease ran out) or it failed
+                record = replica.get(job_id)
+                if record.status == "failed" or record.owner == replica.owner:
+                    break
+                await asyncio.sleep(0.01)
+            if record.status == "failed":
+                await replica.stop()
+                return record, attempt
+            await _crash(replica)
+        raise AssertionError("never gave up")
+
+    record, attempt = asyncio.run(scenario())
+    assert attempt == 2 and record.attempts == 2
+    assert record.error == "the service restarted while this job was running, 2 times; giving up"
+
+
+def test_store_outage_running_job_keeps_going_and_is_recorded_when_back(tmp_path):
+    """PostgreSQL goes away mid-job: the API side gets StoreUnavailableError (503), the job finishes anyway, and
+    its result is in the store once the database is back."""
+    from tests.pg import PgCluster, find_bin_dir
+
+    if find_bin_dir() is None:
+        pytest.skip("PostgreSQL binaries (initdb, pg_ctl) are not installed")
+    from svdpipe.errors import StoreUnavailableError
+    from svdpipe.service.postgres_store import PostgresJobStore
+
+    cluster = PgCluster()
+    cluster.start()
+    try:
+
+        async def scenario():
+            store = PostgresJobStore(cluster.dsn, tmp_path, reconnect_interval_s=0.05)
+            manager = JobManager(
+                FakeEngine(max_inflight=1, step_s=0.02), store, ServiceConfig(data_dir=str(tmp_path), **FAST), owner="a"
+            )
+            await manager.start()
+            job = manager.submit(_png(), VideoParams(num_inference_steps=60, seed=5), "mp4")
+            await _wait_status(manager, job.id, ("in_progress",))
+            await asyncio.to_thread(cluster.stop)
+            errors = []
+            for call in (manager.get, manager.cancel):
+                try:
+                    call(job.id)
+                except StoreUnavailableError as exc:
+                    errors.append(exc)
+            try:
+                manager.submit(_png(), VideoParams(num_inference_steps=2), "mp4")
+            except StoreUnavailableError as exc:
+                errors.append(exc)
+            for _ in range(500):  # the job ends while the database is down: its result waits in memory
+                if job.id in manager._unrecorded:
+                    break
+                await asyncio.sleep(0.01)
+            waited = job.id in manager._unrecorded
+            await asyncio.to_thread(cluster.start)
+            done = None
+            for _ in range(2000):  # reads fail fast (503) until the store reconnects, then show the result
+                with contextlib.suppress(StoreUnavailableError):
+                    done = manager.get(job.id)
+                if done is not None and done.status == "completed":
+                    break
+                await asyncio.sleep(0.01)
+            content = store.content(job.id)
+            await manager.stop()
+            store.close()
+            return errors, waited, done, content
+
+        errors, waited, done, content = asyncio.run(scenario())
+    finally:
+        cluster.destroy()
+    assert len(errors) == 3  # get, cancel and submit each said "unavailable", none pretended to succeed
+    assert waited
+    assert done.status == "completed" and done.attempts == 1  # not re-run: recorded from memory
+    assert content == f"video:{done.id}:5".encode()

@@ -1,11 +1,15 @@
-"""The job store: records, files, paging, recovery after a restart and expiry (SQLiteJobStore on tmp_path)."""
+"""The job-store contract: records, files, paging, the shared queue, leases, recovery and expiry.
+
+Every test that takes ``store`` or ``open_store`` runs against both backends: SQLite on tmp_path, and a real
+PostgreSQL (a fresh schema per test; skipped with a reason when SVDPIPE_TEST_PG_DSN is unset, set in CI).
+"""
 
 from __future__ import annotations
 
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +24,7 @@ from svdpipe.service.store import (
     JobRecord,
     JobStore,
     SQLiteJobStore,
+    SQLJobStore,
 )
 
 IMAGE = b"\x89PNG fake image bytes"
@@ -39,16 +44,17 @@ def _record(job_id: str, created_at: float = 1000.0, **fields: Any) -> JobRecord
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[SQLiteJobStore]:
-    s = SQLiteJobStore(tmp_path)
-    yield s
-    s.close()
+def store(open_store: Callable[[], SQLJobStore]) -> SQLJobStore:
+    return open_store()
 
 
-def test_implements_protocol_and_layout(store: SQLiteJobStore, tmp_path: Path) -> None:
+def test_implements_protocol_and_layout(store: SQLJobStore, tmp_path: Path) -> None:
     assert isinstance(store, JobStore)
-    assert (tmp_path / "jobs.sqlite3").is_file()
     assert (tmp_path / "inputs").is_dir() and (tmp_path / "videos").is_dir()
+
+
+def test_sqlite_file_is_wal_and_indexed(tmp_path: Path) -> None:
+    SQLiteJobStore(tmp_path).close()
     with sqlite3.connect(tmp_path / "jobs.sqlite3") as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         indexes = conn.execute("SELECT sql FROM sqlite_master WHERE type = 'index'").fetchall()
@@ -61,7 +67,7 @@ def test_creates_nested_data_dir(tmp_path: Path) -> None:
     assert (tmp_path / "a" / "b" / "inputs" / "j1").read_bytes() == IMAGE
 
 
-def test_create_get_update_round_trip(store: SQLiteJobStore, tmp_path: Path) -> None:
+def test_create_get_update_round_trip(store: SQLJobStore, tmp_path: Path) -> None:
     rec = _record("job-1_A", created_at=1712345678.123456, seed=2**64 - 1, parameters={"nested": {"a": [1, 2.5]}})
     store.create(rec, IMAGE)
     assert store.get("job-1_A") == rec
@@ -81,7 +87,7 @@ def test_create_get_update_round_trip(store: SQLiteJobStore, tmp_path: Path) -> 
         rec.progress = 5  # type: ignore[misc]  # frozen
 
 
-def test_update_errors_leave_record_unchanged(store: SQLiteJobStore) -> None:
+def test_update_errors_leave_record_unchanged(store: SQLJobStore) -> None:
     store.create(_record("j1"), IMAGE)
     with pytest.raises(KeyError):
         store.update("missing", progress=1)
@@ -96,7 +102,7 @@ def test_update_errors_leave_record_unchanged(store: SQLiteJobStore) -> None:
     assert store.get("j1") == _record("j1")
 
 
-def test_duplicate_id_rejected_and_original_kept(store: SQLiteJobStore) -> None:
+def test_duplicate_id_rejected_and_original_kept(store: SQLJobStore) -> None:
     store.create(_record("dup", seed=1), IMAGE)
     with pytest.raises(ValueError, match="already exists"):
         store.create(_record("dup", seed=2), b"other image")
@@ -106,7 +112,7 @@ def test_duplicate_id_rejected_and_original_kept(store: SQLiteJobStore) -> None:
 
 
 @pytest.mark.parametrize("bad", ["../etc/passwd", "a/b", "", ".", "..", "x" * 129, "a b", "é", "a.mp4", "a\x00"])
-def test_bad_ids_rejected(store: SQLiteJobStore, tmp_path: Path, bad: str) -> None:
+def test_bad_ids_rejected(store: SQLJobStore, tmp_path: Path, bad: str) -> None:
     with pytest.raises(ValueError):
         _record(bad)
     # a record built without validation must still not reach the file system
@@ -120,9 +126,8 @@ def test_bad_ids_rejected(store: SQLiteJobStore, tmp_path: Path, bad: str) -> No
     with pytest.raises(ValueError):
         store.update(bad, progress=1)
     assert store.get(bad) is None
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        ["inputs", "videos", "jobs.sqlite3", "jobs.sqlite3-wal", "jobs.sqlite3-shm"]
-    )
+    assert {p.name for p in tmp_path.iterdir()} <= {"inputs", "videos", "jobs.sqlite3", "jobs.sqlite3-wal",
+                                                    "jobs.sqlite3-shm"}  # fmt: skip
     assert list((tmp_path / "inputs").iterdir()) == []
 
 
@@ -131,7 +136,7 @@ def test_bad_output_format_rejected() -> None:
         _record("j1", output_format="../../x")
 
 
-def test_list_newest_first_paging_and_status_filter(store: SQLiteJobStore) -> None:
+def test_list_newest_first_paging_and_status_filter(store: SQLJobStore) -> None:
     # created_at ties are broken by id, descending
     specs = [("a1", 1.0, "completed"), ("a2", 2.0, "queued"), ("b", 3.0, "failed"), ("c", 3.0, "queued"),
              ("d", 3.0, "completed"), ("e", 4.0, "in_progress"), ("f", 5.0, "queued")]  # fmt: skip
@@ -167,7 +172,7 @@ def test_list_newest_first_paging_and_status_filter(store: SQLiteJobStore) -> No
         store.list(limit=-1)
 
 
-def test_delete_removes_record_and_files(store: SQLiteJobStore, tmp_path: Path) -> None:
+def test_delete_removes_record_and_files(store: SQLJobStore, tmp_path: Path) -> None:
     store.create(_record("gone", output_format="webm"), IMAGE)
     store.put_content("gone", b"video")
     store.create(_record("kept"), IMAGE)
@@ -185,7 +190,7 @@ def test_delete_removes_record_and_files(store: SQLiteJobStore, tmp_path: Path) 
 
 
 def test_put_content_atomic_and_sets_content_bytes(
-    store: SQLiteJobStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    store: SQLJobStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store.create(_record("v", output_format="gif"), IMAGE)
     assert store.content("v") is None and store.get("v").content_bytes is None  # type: ignore[union-attr]
@@ -232,7 +237,7 @@ def test_put_content_atomic_and_sets_content_bytes(
     assert not (tmp_path / "videos" / "unknown.mp4").exists()
 
 
-def test_counts(store: SQLiteJobStore) -> None:
+def test_counts(store: SQLJobStore) -> None:
     assert store.counts() == dict.fromkeys(STATUSES, 0)
     for i, status in enumerate(["queued", "queued", "in_progress", "completed", "failed", "failed", "failed"]):
         store.create(_record(f"j{i}", status=status), IMAGE)
@@ -241,7 +246,7 @@ def test_counts(store: SQLiteJobStore) -> None:
     assert store.counts() == {"queued": 1, "in_progress": 1, "completed": 1, "failed": 3, "cancelled": 1}
 
 
-def test_thread_safety(store: SQLiteJobStore) -> None:
+def test_thread_safety(store: SQLJobStore) -> None:
     errors: list[BaseException] = []
 
     def worker(n: int) -> None:
@@ -265,8 +270,8 @@ def test_thread_safety(store: SQLiteJobStore) -> None:
     assert store.counts()["in_progress"] == 160
 
 
-def test_restart_recovery(tmp_path: Path) -> None:
-    store = SQLiteJobStore(tmp_path)
+def test_restart_recovery(open_store: Callable[[], SQLJobStore], tmp_path: Path) -> None:
+    store = open_store()
     jobs = [
         _record("q-old", created_at=10.0),  # queued, oldest
         _record("run-1", created_at=20.0, status="in_progress", progress=60, started_at=21.0, attempts=1),
@@ -291,8 +296,10 @@ def test_restart_recovery(tmp_path: Path) -> None:
     (tmp_path / "videos" / "done-lost.mp4").unlink()
     (tmp_path / "inputs" / "q-noimage").unlink()
     (tmp_path / "videos" / ".run-1.mp4.0123abcd.tmp").write_bytes(b"half")
+    os.utime(tmp_path / "videos" / ".run-1.mp4.0123abcd.tmp", (1.0, 1.0))  # old: no replica is still writing it
+    (tmp_path / "videos" / ".other.mp4.4567cdef.tmp").write_bytes(b"being written by another replica")
 
-    store = SQLiteJobStore(tmp_path)
+    store = open_store()
     queued = store.recover(max_attempts=3)
 
     # queued and re-queued jobs together, oldest first
@@ -326,6 +333,7 @@ def test_restart_recovery(tmp_path: Path) -> None:
     assert store.content("done") == b"done video"
     assert store.image("q-old") == IMAGE + b"q-old"
     assert not (tmp_path / "videos" / ".run-1.mp4.0123abcd.tmp").exists()
+    assert (tmp_path / "videos" / ".other.mp4.4567cdef.tmp").exists()
     assert store.counts() == {"queued": 4, "in_progress": 0, "completed": 1, "failed": 4, "cancelled": 1}
 
     # recovering again changes nothing
@@ -333,7 +341,7 @@ def test_restart_recovery(tmp_path: Path) -> None:
     store.close()
 
 
-def test_recover_max_attempts_boundary(store: SQLiteJobStore) -> None:
+def test_recover_max_attempts_boundary(store: SQLJobStore) -> None:
     store.create(_record("once", status="in_progress", attempts=1), IMAGE)
     store.create(_record("never-started", created_at=999.0, status="in_progress", attempts=0), IMAGE)
     assert [r.id for r in store.recover(max_attempts=2)] == ["never-started", "once"]
@@ -346,7 +354,7 @@ def test_recover_max_attempts_boundary(store: SQLiteJobStore) -> None:
         store.recover(max_attempts=0)
 
 
-def test_purge_expired(store: SQLiteJobStore, tmp_path: Path) -> None:
+def test_purge_expired(store: SQLJobStore, tmp_path: Path) -> None:
     now = 10_000.0
     retention = 3600.0
     store.create(_record("old-done", created_at=1000.0, status="completed", completed_at=now - 4000), IMAGE)
@@ -372,3 +380,186 @@ def test_purge_expired(store: SQLiteJobStore, tmp_path: Path) -> None:
     assert store.purge_expired(retention, now=now) == 0
     assert store.purge_expired(0.0, now=now + 1) == 2  # the two recent terminal jobs
     assert {r.id for r in store.list()} == {"old-queued", "old-running"}
+
+
+# -- the shared queue -------------------------------------------------------------------------------------------
+
+
+def test_claim_takes_the_oldest_queued_job(store: SQLJobStore) -> None:
+    store.create(_record("newer", created_at=20.0), IMAGE)
+    store.create(_record("b-older", created_at=10.0), IMAGE)
+    store.create(_record("a-older", created_at=10.0), IMAGE)  # same time: the id decides
+    store.create(_record("running", created_at=1.0, status="in_progress"), IMAGE)
+    store.create(_record("done", created_at=1.0, status="completed"), IMAGE)
+    assert store.queue_positions(["newer", "a-older", "b-older", "running", "nope", "../x"]) == {
+        "a-older": 1,
+        "b-older": 2,
+        "newer": 3,
+    }
+
+    first = store.claim("replica-1", lease_s=30.0, now=100.0)
+    assert first is not None and first.id == "a-older"
+    assert (first.status, first.owner, first.lease_expires_at, first.attempts, first.started_at, first.progress) == (
+        "in_progress", "replica-1", 130.0, 1, 100.0, 0,
+    )  # fmt: skip
+    assert store.get("a-older") == first
+    assert store.queue_positions(["newer", "b-older"]) == {"b-older": 1, "newer": 2}
+    assert [store.claim("replica-2", 30.0).id, store.claim("replica-1", 30.0).id] == ["b-older", "newer"]  # type: ignore[union-attr]
+    assert store.claim("replica-1", 30.0) is None
+
+
+def test_concurrent_claimers_never_get_the_same_job(open_store: Callable[[], SQLJobStore]) -> None:
+    """Four 'replicas', each with its own connection, drain one queue: every job is claimed exactly once."""
+    setup = open_store()
+    ids = [f"j{i:03d}" for i in range(60)]
+    for i, job_id in enumerate(ids):
+        setup.create(_record(job_id, created_at=float(i)), IMAGE)
+    claimed: dict[str, list[str]] = {}
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(4)
+
+    def replica(name: str) -> None:
+        store = open_store()
+        got: list[str] = []
+        try:
+            barrier.wait()
+            while (record := store.claim(name, lease_s=60.0)) is not None:
+                got.append(record.id)
+        except BaseException as exc:
+            errors.append(exc)
+        claimed[name] = got
+
+    threads = [threading.Thread(target=replica, args=(f"r{n}",)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    everything = [j for got in claimed.values() for j in got]
+    assert sorted(everything) == ids  # all claimed, none twice
+    for name, got in claimed.items():
+        assert got == sorted(got)  # each claimer took them oldest first
+        assert {setup.get(j).owner for j in got} <= {name}  # type: ignore[union-attr]
+    assert {setup.get(j).attempts for j in ids} == {1}  # type: ignore[union-attr]
+
+
+def test_heartbeat_renews_stores_progress_and_reports_lost_jobs(store: SQLJobStore) -> None:
+    for i, job_id in enumerate(("mine", "cancelled-elsewhere", "deleted-elsewhere", "theirs")):
+        store.create(_record(job_id, created_at=float(i)), IMAGE)
+    mine = {store.claim("me", 10.0, now=0.0).id for _ in range(3)}  # type: ignore[union-attr]
+    store.claim("them", 10.0, now=0.0)
+    assert mine == {"mine", "cancelled-elsewhere", "deleted-elsewhere"}
+    store.finish("cancelled-elsewhere", "cancelled")
+    store.delete("deleted-elsewhere")
+
+    held = store.heartbeat("me", {j: 40 for j in [*mine, "theirs"]}, lease_s=10.0, now=5.0)
+    assert held == {"mine"}
+    assert (store.get("mine").progress, store.get("mine").lease_expires_at) == (40, 15.0)  # type: ignore[union-attr]
+    assert store.get("theirs").progress == 0 and store.get("theirs").lease_expires_at == 10.0  # type: ignore[union-attr]
+    assert store.heartbeat("me", {}, lease_s=10.0) == set()
+
+
+def test_expired_leases_are_requeued_until_max_attempts(store: SQLJobStore) -> None:
+    store.create(_record("job"), IMAGE)
+    store.create(_record("healthy", created_at=2000.0), IMAGE)
+    for attempt in (1, 2):
+        claimed = store.claim("dead-replica", lease_s=10.0, now=100.0 * attempt)
+        assert claimed is not None and claimed.id == "job" and claimed.attempts == attempt
+        assert store.requeue_expired(max_attempts=3, now=100.0 * attempt + 9.0) == 0  # lease still valid
+        assert store.requeue_expired(max_attempts=3, now=100.0 * attempt + 11.0) == 1
+        requeued = store.get("job")
+        assert requeued is not None
+        assert (requeued.status, requeued.owner, requeued.lease_expires_at, requeued.progress) == (
+            "queued",
+            None,
+            None,
+            0,
+        )
+        assert requeued.attempts == attempt
+        # the owner, if only slow and not dead, learns that it lost the job and that it may not finish it
+        assert store.heartbeat("dead-replica", {"job": 50}, 10.0, now=100.0 * attempt + 12.0) == set()
+        assert store.finish("job", "completed", owner="dead-replica") is None
+    third = store.claim("dead-replica", lease_s=10.0, now=300.0)
+    assert third is not None and third.attempts == 3
+    healthy = store.claim("live-replica", lease_s=10.0, now=300.0)
+    assert healthy is not None and healthy.id == "healthy"
+    store.heartbeat("live-replica", {"healthy": 10}, lease_s=100.0, now=305.0)
+    assert store.requeue_expired(max_attempts=3, now=320.0) == 1
+    failed = store.get("job")
+    assert failed is not None and failed.status == "failed" and failed.completed_at == 320.0
+    assert failed.error == "the service restarted while this job was running, 3 times; giving up"
+    assert store.get("healthy").status == "in_progress"  # type: ignore[union-attr]  # renewed: untouched
+    with pytest.raises(ValueError):
+        store.requeue_expired(max_attempts=0)
+
+
+def test_finish_first_terminal_status_wins_and_only_the_owner_completes(store: SQLJobStore) -> None:
+    store.create(_record("j"), IMAGE)
+    store.claim("owner", 30.0, now=1.0)
+    assert store.finish("j", "completed", owner="someone-else") is None
+    cancelled = store.finish("j", "cancelled", now=5.0)  # a cancel through any replica needs no ownership
+    assert cancelled is not None and (cancelled.status, cancelled.completed_at) == ("cancelled", 5.0)
+    assert cancelled.lease_expires_at is None and cancelled.owner == "owner"
+    assert store.finish("j", "completed", owner="owner", progress=100) is None  # too late: cancelled first
+    assert store.get("j") == cancelled
+    assert store.finish("unknown", "failed") is None and store.finish("../x", "failed") is None
+    with pytest.raises(ValueError, match="terminal"):
+        store.finish("j", "queued")  # type: ignore[arg-type]
+
+    store.create(_record("k"), IMAGE)
+    store.claim("owner", 30.0)
+    done = store.finish("k", "completed", owner="owner", progress=100, error=None)
+    assert done is not None and done.status == "completed" and done.progress == 100
+
+
+def test_release_requeues_only_the_owners_running_jobs(store: SQLJobStore) -> None:
+    for i in range(3):
+        store.create(_record(f"j{i}", created_at=float(i)), IMAGE)
+    store.claim("leaving", 30.0)
+    store.claim("staying", 30.0)
+    assert store.release("leaving") == 1
+    assert [store.get(f"j{i}").status for i in range(3)] == ["queued", "in_progress", "queued"]  # type: ignore[union-attr]
+    assert store.get("j0").attempts == 1  # type: ignore[union-attr]  # the interrupted start still counts
+    assert store.claim("staying", 30.0).id == "j0"  # type: ignore[union-attr]  # back at the head: oldest first
+    assert store.release("nobody") == 0
+
+
+def test_old_sqlite_database_is_migrated(tmp_path: Path) -> None:
+    """A jobs.sqlite3 from before leases (no owner/lease columns, user_version 0) opens and keeps its jobs."""
+    with sqlite3.connect(tmp_path / "jobs.sqlite3") as conn:
+        conn.executescript(
+            """CREATE TABLE jobs (id TEXT PRIMARY KEY NOT NULL, status TEXT NOT NULL,
+            progress INTEGER NOT NULL DEFAULT 0, created_at REAL NOT NULL, started_at REAL, completed_at REAL,
+            error TEXT, seed TEXT NOT NULL,
+            parameters TEXT NOT NULL, output_format TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+            content_bytes INTEGER);
+            INSERT INTO jobs (id, status, created_at, seed, parameters, output_format)
+            VALUES ('old', 'queued', 5.0, '7', '{}', 'mp4');"""
+        )
+    with SQLiteJobStore(tmp_path) as store:
+        old = store.get("old")
+        assert old is not None and old.seed == 7 and old.owner is None and old.lease_expires_at is None
+        assert store.claim("r", 30.0).id == "old"  # type: ignore[union-attr]
+    with SQLiteJobStore(tmp_path) as store:  # opening a migrated database again changes nothing
+        assert store.get("old").owner == "r"  # type: ignore[union-attr]
+        with sqlite3.connect(tmp_path / "jobs.sqlite3") as conn:
+            assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+
+
+def test_postgres_lost_connection_is_unavailable_then_reconnects(store: SQLJobStore, request) -> None:
+    """The server ends the connection (a restart, a failover): one call fails with StoreUnavailableError, which
+    the API turns into 503; the next one connects again and nothing was lost."""
+    if request.node.callspec.params["open_store"] != "postgres":
+        pytest.skip("PostgreSQL only")
+    import psycopg
+
+    from svdpipe.errors import StoreUnavailableError
+    from tests.pg import DSN_ENV
+
+    store.create(_record("kept"), IMAGE)
+    with psycopg.connect(os.environ[DSN_ENV], autocommit=True) as admin:
+        pid = store._conn.info.backend_pid  # type: ignore[attr-defined]  # the one connection this store holds
+        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    with pytest.raises(StoreUnavailableError, match="unavailable"):
+        store.get("kept")
+    assert store.get("kept") == _record("kept")
