@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Literal
 
 import numpy as np
 import PIL.Image
@@ -20,6 +21,9 @@ from svdpipe.models import SVDModel
 from svdpipe.state import RequestState
 
 StepCallback = Callable[[int], None]
+Half = Literal[0, 1]  # a guidance half: 0 unconditional, 1 conditional (the row order of the CFG batch)
+# Starts the other half's prediction for (latents, step) elsewhere and returns a function that waits for it.
+HalfFuture = Callable[[torch.Tensor, int], Callable[[], torch.Tensor]]
 
 
 @torch.no_grad()
@@ -111,7 +115,6 @@ def denoise(
     if steps.stop > state.num_steps:
         raise RuntimeError(f"step range {steps} exceeds the request's {state.num_steps} steps")
     state = state.to(model.device)
-    unet = model.pipe.unet
     do_cfg = state.params.do_classifier_free_guidance
     latents = state.latents
     # float32 tensors from the exact float32 values: sigmas on the CPU and timesteps on the device, as in
@@ -119,28 +122,125 @@ def denoise(
     sigmas = torch.tensor(state.sigmas, dtype=torch.float32)
     timesteps = torch.tensor(state.timesteps, dtype=torch.float32, device=model.device)
     for i in steps:
-        sigma, t = sigmas[i], timesteps[i]
+        sigma = sigmas[i]
         model_input = torch.cat([latents] * 2) if do_cfg else latents
-        model_input = sampler.scale_model_input(model_input, sigma)
-        model_input = torch.cat([model_input, state.image_latents], dim=2)
-        if simulate_step_s is None:
-            noise_pred = unet(
-                model_input,
-                t,
-                encoder_hidden_states=state.image_embeddings,
-                added_time_ids=state.added_time_ids,
-                return_dict=False,
-            )[0]
-        else:
-            # Benchmark stand-in for the UNet: a wait that leaves the CPU free, as a GPU kernel would.
-            time.sleep(simulate_step_s)
-            noise_pred = torch.zeros_like(model_input[:, :, : latents.shape[2]])
+        noise_pred = _predict(model, state, model_input, i, timesteps, slice(None), simulate_step_s)
         if do_cfg:
             noise_pred = sampler.apply_guidance(noise_pred, state.guidance_scale)
         latents = sampler.euler_step(noise_pred, latents, sigma, sigmas[i + 1], state.prediction_type)
         if on_step is not None:
             on_step(i)
     return state.advanced(latents, steps.stop)
+
+
+@torch.no_grad()
+def predict_half(
+    model: SVDModel,
+    state: RequestState,
+    latents: torch.Tensor,
+    i: int,
+    half: Half,
+    simulate_step_s: float | None = None,
+) -> torch.Tensor:
+    """One guidance half's noise prediction at step i: the UNet on a batch of one.
+
+    Under CFG the conditioning tensors are stacked [uncond, cond]; row `half` of each is this half's.
+    A simulated step's wait is halved: `simulate_step_s` is the cost of the full batch of two.
+    """
+    if not state.params.do_classifier_free_guidance:
+        raise RuntimeError(f"request {state.request_id} has no guidance halves (max_guidance_scale <= 1)")
+    state = state.to(model.device)
+    timesteps = torch.tensor(state.timesteps, dtype=torch.float32, device=model.device)
+    simulate = simulate_step_s / 2 if simulate_step_s is not None else None
+    return _predict(model, state, latents.to(model.device), i, timesteps, slice(half, half + 1), simulate)
+
+
+@torch.no_grad()
+def denoise_split(
+    model: SVDModel,
+    state: RequestState,
+    steps: range,
+    other_half: HalfFuture,
+    on_step: StepCallback | None = None,
+    simulate_step_s: float | None = None,
+) -> RequestState:
+    """denoise() with each step's conditional half computed elsewhere (`other_half`) while this process
+    computes the unconditional one; the halves meet in the same guidance and Euler arithmetic.
+
+    Only the UNet's batch changes (two calls of one instead of one of two), so the result equals denoise()'s
+    up to the UNet's batch-size rounding (on CPU fp32 about 2e-7 per call on the tiny model).
+    """
+    if not state.params.do_classifier_free_guidance:
+        raise RuntimeError(f"request {state.request_id} has no guidance halves to split (max_guidance_scale <= 1)")
+    if state.step != steps.start:
+        raise RuntimeError(f"request {state.request_id} is at step {state.step}, stage expects {steps.start}")
+    if steps.stop > state.num_steps:
+        raise RuntimeError(f"step range {steps} exceeds the request's {state.num_steps} steps")
+    state = state.to(model.device)
+    latents = state.latents
+    sigmas = torch.tensor(state.sigmas, dtype=torch.float32)
+    timesteps = torch.tensor(state.timesteps, dtype=torch.float32, device=model.device)
+    simulate = simulate_step_s / 2 if simulate_step_s is not None else None
+    for i in steps:
+        # 1. the helper starts on the conditional half before this process starts on its own
+        wait_cond = other_half(latents, i)
+        uncond = _predict(model, state, latents, i, timesteps, slice(0, 1), simulate)
+        cond = wait_cond().to(uncond.device)
+        # 2. the same guidance and Euler update as the unsplit path
+        noise_pred = sampler.guide(uncond, cond, state.guidance_scale)
+        latents = sampler.euler_step(noise_pred, latents, sigmas[i], sigmas[i + 1], state.prediction_type)
+        if on_step is not None:
+            on_step(i)
+    return state.advanced(latents, steps.stop)
+
+
+@torch.no_grad()
+def coarse_step(
+    model: SVDModel, state: RequestState, steps: range, simulate_step_s: float | None = None
+) -> RequestState:
+    """Parareal's coarse solver: one Euler step across the whole range, from sigma[start] to sigma[stop],
+    with the UNet evaluated once at the range's first step (guidance as in denoise())."""
+    if state.step != steps.start:
+        raise RuntimeError(f"request {state.request_id} is at step {state.step}, coarse step expects {steps.start}")
+    if steps.stop > state.num_steps or len(steps) < 1:
+        raise RuntimeError(f"step range {steps} is not a non-empty part of the request's {state.num_steps} steps")
+    state = state.to(model.device)
+    do_cfg = state.params.do_classifier_free_guidance
+    sigmas = torch.tensor(state.sigmas, dtype=torch.float32)
+    timesteps = torch.tensor(state.timesteps, dtype=torch.float32, device=model.device)
+    i = steps.start
+    model_input = torch.cat([state.latents] * 2) if do_cfg else state.latents
+    noise_pred = _predict(model, state, model_input, i, timesteps, slice(None), simulate_step_s)
+    if do_cfg:
+        noise_pred = sampler.apply_guidance(noise_pred, state.guidance_scale)
+    latents = sampler.euler_step(noise_pred, state.latents, sigmas[i], sigmas[steps.stop], state.prediction_type)
+    return state.advanced(latents, steps.stop)
+
+
+def _predict(
+    model: SVDModel,
+    state: RequestState,
+    latents: torch.Tensor,
+    i: int,
+    timesteps: torch.Tensor,
+    rows: slice,
+    simulate_step_s: float | None,
+) -> torch.Tensor:
+    """The UNet's noise prediction at step i for `latents` (the batch rows `rows` of the conditioning)."""
+    sigma = torch.tensor(state.sigmas[i], dtype=torch.float32)
+    model_input = sampler.scale_model_input(latents, sigma)
+    model_input = torch.cat([model_input, state.image_latents[rows]], dim=2)
+    if simulate_step_s is not None:
+        # Benchmark stand-in for the UNet: a wait that leaves the CPU free, as a GPU kernel would.
+        time.sleep(simulate_step_s)
+        return torch.zeros_like(latents)
+    return model.pipe.unet(
+        model_input,
+        timesteps[i],
+        encoder_hidden_states=state.image_embeddings[rows],
+        added_time_ids=state.added_time_ids[rows],
+        return_dict=False,
+    )[0]
 
 
 @torch.no_grad()
