@@ -15,6 +15,7 @@ Dtype = Literal["fp32", "fp16", "bf16"]
 Transport = Literal["auto", "nccl", "cuda_ipc", "gloo", "object_store"]
 PlacementStrategy = Literal["STRICT_PACK", "PACK", "SPREAD", "STRICT_SPREAD"]
 OutputFormat = Literal["mp4", "webm", "gif", "npy"]
+LatencyMode = Literal["off", "cfg-split", "auto", "parareal"]
 
 
 class VideoParams(BaseModel):
@@ -81,6 +82,17 @@ class EngineConfig(BaseModel):
     )
     simulate_step_ms: float | None = Field(
         None, ge=0.0, description="Replace each UNet call by a CPU-free wait of this length (benchmarks)."
+    )
+    latency_mode: LatencyMode = Field(
+        "off",
+        description="Single-request speed-up: 'cfg-split' runs each step's guidance halves on two actors, "
+        "'auto' does so only while actors are idle, 'parareal' solves the stage blocks in parallel (opt-in).",
+    )
+    parareal_tol: float = Field(
+        0.0, ge=0.0, le=100.0, description="Parareal stops once the final latents change by at most this (0: exact)."
+    )
+    parareal_max_iters: int | None = Field(
+        None, ge=1, le=64, description="Parareal iteration cap (None: the number of stages, where it is exact)."
     )
     torch_threads: int | None = Field(
         None, ge=1, le=256, description="torch intra-op threads per actor (None: torch's default)."
