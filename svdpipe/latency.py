@@ -1,0 +1,64 @@
+"""Pure decisions for single-request latency modes: which actor helps which stage range with CFG halves.
+
+With guidance on, every step runs the UNet on [uncond, cond]. An idle actor holds the same UNet, so it can
+compute one half while the range's owner computes the other. These functions decide, from plain numbers,
+whether a request is split and who helps; the Ray layer only carries the decision out. No Ray or torch here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from svdpipe.config import LatencyMode
+
+
+@dataclass(frozen=True)
+class SplitPlan:
+    """Per stage range (chain order), the actor index helping with its guidance halves, or None (unsplit)."""
+
+    helpers: tuple[int | None, ...]
+    reason: str  # why this plan, for the log and the job's parameters
+
+    @property
+    def split(self) -> bool:
+        return any(h is not None for h in self.helpers)
+
+
+def plan_cfg_split(mode: LatencyMode, guidance: bool, queued: Sequence[int], exchange_ok: bool = True) -> SplitPlan:
+    """Choose helpers for one request's N stage ranges, owned by actors 0..N-1 in chain order.
+
+    `queued[i]` is the work other requests have queued or running on actor i when this one is admitted.
+    'cfg-split' always takes a helper; 'auto' takes one only from actors with nothing queued, so under load it
+    changes nothing. The helper of range i is the first candidate after i in chain order: the actor that
+    will own this request's next range idles until then anyway, and it spreads helping over the chain.
+    (At run time a helper that has become busy declines each half and the owner computes it itself, so
+    a request already split never holds back one admitted after it.)
+    """
+    n = len(queued)
+    if any(q < 0 for q in queued):
+        raise ValueError(f"queued work must be >= 0, got {list(queued)}")
+    unsplit = (None,) * n
+    if mode not in ("cfg-split", "auto"):
+        return SplitPlan(unsplit, f"latency_mode {mode}")
+    if not guidance:
+        return SplitPlan(unsplit, "guidance off (max_guidance_scale <= 1): a single batch, nothing to split")
+    if n < 2:
+        return SplitPlan(unsplit, "one stage actor: no second actor to help")
+    if not exchange_ok:
+        return SplitPlan(unsplit, "the transport cannot exchange halves (cfg-split needs object-store actors)")
+    helpers: list[int | None] = []
+    for i in range(n):
+        candidates = [(i + d) % n for d in range(1, n)]
+        if mode == "auto":
+            candidates = [c for c in candidates if queued[c] == 0]
+        helpers.append(candidates[0] if candidates else None)
+    if not any(h is not None for h in helpers):
+        return SplitPlan(unsplit, "auto: no idle actor to borrow")
+    taken = sum(h is not None for h in helpers)
+    return SplitPlan(tuple(helpers), f"{mode}: {taken} of {n} ranges split")
+
+
+def should_help(busy: bool, pending_stage_calls: int) -> bool:
+    """A helper takes a half only when it is doing nothing else and nothing waits for it (run-time check)."""
+    return not busy and pending_stage_calls == 0
