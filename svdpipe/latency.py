@@ -25,33 +25,44 @@ class SplitPlan:
         return any(h is not None for h in self.helpers)
 
 
-def plan_cfg_split(mode: LatencyMode, guidance: bool, queued: Sequence[int], exchange_ok: bool = True) -> SplitPlan:
-    """Choose helpers for one request's N stage ranges, owned by actors 0..N-1 in chain order.
+def plan_cfg_split(
+    mode: LatencyMode,
+    guidance: bool,
+    owners: Sequence[int],
+    load: Sequence[float],
+    exchange_ok: bool = True,
+) -> SplitPlan:
+    """Choose helpers for one request whose stage range i is owned by actor `owners[i]` (chain order).
 
-    `queued[i]` is the work other requests have queued or running on actor i when this one is admitted.
-    'cfg-split' always takes a helper; 'auto' takes one only from actors with nothing queued, so under load it
-    changes nothing. The helper of range i is the first candidate after i in chain order: the actor that
-    will own this request's next range idles until then anyway, and it spreads helping over the chain.
+    `load[a]` is the work (any unit, e.g. expected seconds) other requests have queued or running on actor a
+    when this one is admitted. 'cfg-split' always takes a helper; 'auto' takes one only from actors with
+    nothing queued, so under load it changes nothing. Range i's candidates are the owners of the ranges
+    after it in chain order (each idles until this request reaches it anyway, and helping is spread over the
+    chain), then actors owning none of its ranges; never its own owner.
     (At run time a helper that has become busy declines each half and the owner computes it itself, so
     a request already split never holds back one admitted after it.)
     """
-    n = len(queued)
-    if any(q < 0 for q in queued):
-        raise ValueError(f"queued work must be >= 0, got {list(queued)}")
-    unsplit = (None,) * n
+    n = len(owners)
+    if any(x < 0 for x in load):
+        raise ValueError(f"load must be >= 0, got {list(load)}")
+    if any(not 0 <= a < len(load) for a in owners):
+        raise ValueError(f"owners {list(owners)} name actors outside 0..{len(load) - 1}")
+    unsplit: tuple[int | None, ...] = (None,) * n
     if mode not in ("cfg-split", "auto"):
         return SplitPlan(unsplit, f"latency_mode {mode}")
     if not guidance:
         return SplitPlan(unsplit, "guidance off (max_guidance_scale <= 1): a single batch, nothing to split")
-    if n < 2:
-        return SplitPlan(unsplit, "one stage actor: no second actor to help")
+    if len(load) < 2:
+        return SplitPlan(unsplit, "one model actor: no second actor to help")
     if not exchange_ok:
         return SplitPlan(unsplit, "the transport cannot exchange halves (cfg-split needs object-store actors)")
+    others = [a for a in range(len(load)) if a not in owners]
     helpers: list[int | None] = []
     for i in range(n):
-        candidates = [(i + d) % n for d in range(1, n)]
+        candidates = [owners[(i + d) % n] for d in range(1, n)] + others
+        candidates = [c for c in dict.fromkeys(candidates) if c != owners[i]]
         if mode == "auto":
-            candidates = [c for c in candidates if queued[c] == 0]
+            candidates = [c for c in candidates if load[c] == 0]
         helpers.append(candidates[0] if candidates else None)
     if not any(h is not None for h in helpers):
         return SplitPlan(unsplit, "auto: no idle actor to borrow")
