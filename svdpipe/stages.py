@@ -22,8 +22,9 @@ from svdpipe.state import RequestState
 
 StepCallback = Callable[[int], None]
 Half = Literal[0, 1]  # a guidance half: 0 unconditional, 1 conditional (the row order of the CFG batch)
-# Starts the other half's prediction for (latents, step) elsewhere and returns a function that waits for it.
-HalfFuture = Callable[[torch.Tensor, int], Callable[[], torch.Tensor]]
+# Starts the conditional half's prediction for (latents, step) elsewhere and returns a function that waits for
+# it; the wait gives None when the helper declined (it had other work), and this process computes that half.
+HalfFuture = Callable[[torch.Tensor, int], Callable[[], torch.Tensor | None]]
 
 
 @torch.no_grad()
@@ -185,7 +186,10 @@ def denoise_split(
         # 1. the helper starts on the conditional half before this process starts on its own
         wait_cond = other_half(latents, i)
         uncond = _predict(model, state, latents, i, timesteps, slice(0, 1), simulate)
-        cond = wait_cond().to(uncond.device)
+        cond = wait_cond()
+        if cond is None:  # the same batch-of-one call here, so the result does not depend on who computed it
+            cond = _predict(model, state, latents, i, timesteps, slice(1, 2), simulate)
+        cond = cond.to(uncond.device)
         # 2. the same guidance and Euler update as the unsplit path
         noise_pred = sampler.guide(uncond, cond, state.guidance_scale)
         latents = sampler.euler_step(noise_pred, latents, sigmas[i], sigmas[i + 1], state.prediction_type)

@@ -22,6 +22,9 @@ class StageTrace:
     idle_since: float  # when this stage finished its previous task (before `started` means it waited)
     steps: int = 0
     codec_s: float = 0.0  # of the work, time spent encoding or decoding (colocated stages)
+    split_steps: int = 0  # steps whose conditional half a helper actor computed (CFG split)
+    helper_s: float = 0.0  # the helper's compute time for those halves
+    exchange_s: float = 0.0  # round trips to the helper minus its compute: the cost of the exchange
 
 
 @dataclass(frozen=True)

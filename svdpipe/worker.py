@@ -14,10 +14,14 @@ import threading
 import time
 import warnings
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from svdpipe.config import EngineConfig, OutputFormat, ResolvedParams
 from svdpipe.placement import ActorSpec
 from svdpipe.state import RequestState, StageTrace
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +67,8 @@ class StageWorker:
         self.simulate_s = config.simulate_step_ms / 1000 if config.simulate_step_ms is not None else None
         # One request in the model at a time, even when Ray gives the actor a second thread to receive the next.
         self._lock = threading.Lock()
+        self._pending = 0  # stage calls entered but waiting for the lock: a helper declines halves meanwhile
+        self._pending_lock = threading.Lock()
         with contextlib.suppress(ImportError):  # inputs are read-only views on the object store: expected
             from ray._private.tensor_serialization_utils import ZeroCopyTensorsWarning
 
@@ -83,13 +89,40 @@ class StageWorker:
     def ping(self) -> str:
         return self.spec.name
 
-    def process(self, item: EncodeRequest | RequestState, steps: tuple[int, int] | None) -> RequestState | EncodedVideo:
-        """Run this actor's phases on `item`; `steps` is its step range for this request."""
-        with self._lock:
-            return self._process(item, steps)
+    def process(
+        self, item: EncodeRequest | RequestState, steps: tuple[int, int] | None, exchange: Any = None
+    ) -> RequestState | EncodedVideo:
+        """Run this actor's phases on `item`; `steps` is its step range for this request. With `exchange` (an
+        engine.exchange.HalfExchange) a helper actor computes each step's conditional guidance half."""
+        with self._pending_lock:
+            self._pending += 1
+        try:
+            self._lock.acquire()
+        finally:
+            with self._pending_lock:
+                self._pending -= 1
+        try:
+            return self._process(item, steps, exchange)
+        finally:
+            self._lock.release()
+
+    def half(self, state: RequestState, latents: torch.Tensor, i: int) -> tuple[torch.Tensor | None, float]:
+        """As a helper: the conditional half's noise prediction at step i, and the seconds it took; (None, 0)
+        when this actor has work of its own (running or waiting), which always goes first."""
+        from svdpipe import stages
+        from svdpipe.latency import should_help
+
+        if not should_help(self._lock.locked(), self._pending) or not self._lock.acquire(blocking=False):
+            return None, 0.0
+        try:
+            started = time.time()
+            out = stages.predict_half(self.model, state, latents, i, 1, self.simulate_s)
+            return out, time.time() - started
+        finally:
+            self._lock.release()
 
     def _process(
-        self, item: EncodeRequest | RequestState, steps: tuple[int, int] | None
+        self, item: EncodeRequest | RequestState, steps: tuple[int, int] | None, exchange: Any = None
     ) -> RequestState | EncodedVideo:
         from svdpipe import stages
         from svdpipe.images import load_image
@@ -105,18 +138,25 @@ class StageWorker:
             codec_s = time.time() - started
         else:
             state = item
-        if steps is not None:
+        split = {}
+        if steps is not None and exchange is not None and state.params.do_classifier_free_guidance:
+            exchange.open(state)
+            state = stages.denoise_split(self.model, state, range(*steps), exchange.start, None, self.simulate_s)
+            split = {"split_steps": exchange.steps, "helper_s": exchange.helper_s, "exchange_s": exchange.exchange_s}
+        elif steps is not None:
             state = stages.denoise(self.model, state, range(*steps), simulate_step_s=self.simulate_s)
         result: RequestState | EncodedVideo
         if self.spec.decodes:
-            result = self._decode(state, started, _steps(steps), codec_s)
+            result = self._decode(state, started, _steps(steps), codec_s, split)
         else:
-            trace = StageTrace(self.spec.name, started, time.time(), self.idle_since, _steps(steps), codec_s)
+            trace = StageTrace(self.spec.name, started, time.time(), self.idle_since, _steps(steps), codec_s, **split)
             result = state.traced(trace).fresh() if self.fresh_tensors else state.traced(trace)
         self.idle_since = time.time()
         return result
 
-    def _decode(self, state: RequestState, started: float, steps: int, codec_s: float) -> EncodedVideo:
+    def _decode(
+        self, state: RequestState, started: float, steps: int, codec_s: float, split: dict[str, Any]
+    ) -> EncodedVideo:
         from svdpipe import stages
         from svdpipe.video import encode_video
 
@@ -125,7 +165,7 @@ class StageWorker:
         data = encode_video(frames, state.output_format, state.params.fps)  # type: ignore[arg-type]
         finished = time.time()
         codec_s += finished - decode_start
-        trace = StageTrace(self.spec.name, started, finished, self.idle_since, steps, codec_s)
+        trace = StageTrace(self.spec.name, started, finished, self.idle_since, steps, codec_s, **split)
         return EncodedVideo(state.request_id, data, state.output_format, int(frames.shape[0]), (*state.trace, trace))  # type: ignore[arg-type]
 
 

@@ -30,6 +30,7 @@ from svdpipe.config import (
     check_steps_cover_stages,
     resolve_params,
 )
+from svdpipe.engine.exchange import HalfExchange
 from svdpipe.errors import (
     ConfigError,
     RequestCancelledError,
@@ -37,6 +38,7 @@ from svdpipe.errors import (
     RequestTimeoutError,
     SvdpipeError,
 )
+from svdpipe.latency import SplitPlan, plan_cfg_split
 from svdpipe.models import model_spec
 from svdpipe.partition import partition_steps, request_ranges
 from svdpipe.placement import ActorSpec, actor_layout, bundles, choose_transport
@@ -61,6 +63,8 @@ class EngineResult:
     timings: list[HopTiming]
     latency_s: float
     attempts: int
+    split: bool = False  # each step's guidance halves ran on two actors (latency_mode cfg-split / auto)
+    split_reason: str = ""  # why it was or was not split
 
 
 @dataclass
@@ -109,6 +113,8 @@ class Engine:
         self._started = False
         self.completed = 0
         self.failed = 0
+        self.split_requests = 0  # requests whose steps were split over an owner and a helper actor
+        self.helper_busy_s = 0.0  # helper actors' compute time for those halves
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -169,7 +175,13 @@ class Engine:
 
     def _new_actor(self, spec: ActorSpec) -> Any:
         rdt = self.transport in _RDT
-        cls = ray.remote(enable_tensor_transport=True)(StageWorker) if rdt else ray.remote(StageWorker)
+        # Object-store actors get a thread of their own for CFG halves they compute as a helper, so a half is
+        # never queued behind this actor's stage calls (RDT actors stay single-threaded: no CFG split there).
+        cls = (
+            ray.remote(enable_tensor_transport=True)(StageWorker)
+            if rdt
+            else ray.remote(concurrency_groups={"help": 1})(StageWorker)
+        )
         options: dict[str, Any] = {
             "name": spec.name,
             "namespace": self.config.namespace,
@@ -245,7 +257,11 @@ class Engine:
             self.config.num_stages,
         )
         req = EncodeRequest("warmup", buf.getvalue(), params, "npy", time.time())
-        refs = self._submit_chain(req, partition_steps(params.num_inference_steps, self.config.num_stages))
+        ranges = partition_steps(params.num_inference_steps, self.config.num_stages)
+        split = None
+        if self.config.latency_mode in ("cfg-split", "auto"):  # warm the batch-of-one UNet calls as well
+            split = plan_cfg_split("cfg-split", True, range(len(ranges)), [0] * len(ranges), self._can_split)
+        refs = self._submit_chain(req, ranges, split)
         await refs[-1]
 
     # ---------------------------------------------------------------- requests
@@ -309,7 +325,10 @@ class Engine:
             generation = self._generation
             submitted = time.time()
             req = EncodeRequest(inf.request_id, image_png, params, fmt, submitted)
-            inf.refs = self._submit_chain(req, ranges)
+            split = self._split_plan(inf.request_id, params, len(ranges))
+            if split.split or self.config.latency_mode in ("cfg-split", "auto"):
+                logger.info("request %s: %s", inf.request_id, split.reason)
+            inf.refs = self._submit_chain(req, ranges, split)
             inf.step_marks = self._step_marks(inf.refs, ranges)
             inf.reported = 0  # a retry starts over
             try:
@@ -350,6 +369,9 @@ class Engine:
             inf.report(inf.total_steps)
             timings = self.stats.add(video.trace, submitted)
             self.completed += 1
+            if split.split:
+                self.split_requests += 1
+                self.helper_busy_s += sum(t.helper_s for t in video.trace)
             if logger.isEnabledFor(logging.DEBUG):
                 logger.debug(
                     "request %s done in %.3f s: %s",
@@ -359,20 +381,69 @@ class Engine:
                         f"{t.stage} step {t.step_ms:.1f} hop {t.hop_ms:.2f} queue {t.queue_ms:.1f} ms" for t in timings
                     ),
                 )
-            return EngineResult(inf.request_id, video, params, timings, time.time() - admitted, attempt)
+            return EngineResult(
+                inf.request_id,
+                video,
+                params,
+                timings,
+                time.time() - admitted,
+                attempt,
+                split.split,
+                split.reason,
+            )
 
-    def _submit_chain(self, req: EncodeRequest, ranges: list[range]) -> list[ray.ObjectRef]:
+    @property
+    def _can_split(self) -> bool:
+        """CFG halves are exchanged over the object store, between actors with a helper thread."""
+        return self.transport == "object_store"
+
+    def _split_plan(self, request_id: str, params: ResolvedParams, num_ranges: int) -> SplitPlan:
+        """Who helps which stage range of this request (the decision is latency.plan_cfg_split's)."""
+        mode = self.config.latency_mode
+        load = self._denoise_load(request_id) if mode == "auto" else [0] * num_ranges
+        return plan_cfg_split(mode, params.do_classifier_free_guidance, range(num_ranges), load, self._can_split)
+
+    def _denoise_load(self, request_id: str) -> list[int]:
+        """Per denoise stage, the calls of other in-flight requests not finished yet (queued or running)."""
+        load = [0] * self.config.num_stages
+        pending: list[tuple[int, ray.ObjectRef]] = []
+        for inf in self._inflight.values():
+            if inf.request_id == request_id:
+                continue
+            if not inf.refs:  # admitted but not submitted yet: it will want every stage
+                load = [x + 1 for x in load]
+            for i, ref in enumerate(inf.refs):
+                stage = self.layout[i].denoise_stage
+                if stage is not None:
+                    pending.append((stage, ref))
+        if pending:
+            refs = [ref for _, ref in pending]
+            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0, fetch_local=False)
+            done = set(ready)
+            for stage, ref in pending:
+                if ref not in done:
+                    load[stage] += 1
+        return load
+
+    def _submit_chain(
+        self, req: EncodeRequest, ranges: list[range], split: SplitPlan | None = None
+    ) -> list[ray.ObjectRef]:
         refs: list[ray.ObjectRef] = []
         item: Any = req
+        stage_actor = {spec.denoise_stage: i for i, spec in enumerate(self.layout) if spec.denoise_stage is not None}
         for actor, spec in zip(self._actors, self.layout, strict=True):
-            steps = None
+            steps, exchange = None, None
             if spec.denoise_stage is not None:
                 r = ranges[spec.denoise_stage]
                 steps = (r.start, r.stop)
+                helper = split.helpers[spec.denoise_stage] if split is not None else None
+                if helper is not None:
+                    h = stage_actor[helper]
+                    exchange = HalfExchange(self._actors[h], self.layout[h].name)
             method = actor.process
             if self.transport in _RDT and not spec.decodes:
                 method = method.options(tensor_transport=self.transport)
-            item = method.remote(item, steps)
+            item = method.remote(item, steps, exchange) if exchange is not None else method.remote(item, steps)
             refs.append(item)
         return refs
 

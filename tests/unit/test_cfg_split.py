@@ -99,3 +99,21 @@ def test_coarse_step_over_one_step_is_the_step(tiny_model, image):
     assert torch.equal(fine.latents, coarse.latents) and coarse.step == 1
     jump = stages.coarse_step(tiny_model, state, range(0, 3))
     assert jump.step == 3 and not torch.equal(jump.latents, stages.denoise(tiny_model, state, range(0, 3)).latents)
+
+
+def test_a_declining_helper_changes_nothing(tiny_model, image):
+    """When the helper declines (None), the owner computes the half itself: the same bits as a helper's."""
+    params = resolve_params(VideoParams(num_inference_steps=4, seed=8), tiny_model.spec)
+    state = stages.encode(tiny_model, image, params)
+    helped = stages.denoise_split(tiny_model, state, range(0, 4), in_process_helper(tiny_model, state))
+    calls = []
+
+    def sometimes(latents, i):
+        calls.append(i)
+        if i % 2:
+            return lambda: None
+        return in_process_helper(tiny_model, state)(latents, i)
+
+    mixed = stages.denoise_split(tiny_model, state, range(0, 4), sometimes)
+    assert calls == [0, 1, 2, 3]
+    assert torch.equal(helped.latents, mixed.latents)
