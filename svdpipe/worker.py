@@ -121,6 +121,20 @@ class StageWorker:
         finally:
             self._lock.release()
 
+    def solve(self, state: RequestState, latents: torch.Tensor, start: int, stop: int, coarse: bool) -> torch.Tensor:
+        """A parareal solve of block [start, stop) from `latents`: the block's own steps (fine) or one Euler
+        step across it (coarse); `state` carries the request's conditioning."""
+        from svdpipe import stages
+
+        with self._lock:
+            at_start = state.advanced(latents, start)
+            if coarse:
+                out = stages.coarse_step(self.model, at_start, range(start, stop), self.simulate_s)
+            else:
+                out = stages.denoise(self.model, at_start, range(start, stop), simulate_step_s=self.simulate_s)
+            self.idle_since = time.time()
+            return out.latents
+
     def _process(
         self, item: EncodeRequest | RequestState, steps: tuple[int, int] | None, exchange: Any = None
     ) -> RequestState | EncodedVideo:

@@ -31,6 +31,7 @@ from svdpipe.config import (
     resolve_params,
 )
 from svdpipe.engine.exchange import HalfExchange
+from svdpipe.engine.parareal import run_parareal
 from svdpipe.errors import (
     ConfigError,
     RequestCancelledError,
@@ -40,6 +41,7 @@ from svdpipe.errors import (
 )
 from svdpipe.latency import SplitPlan, plan_cfg_split
 from svdpipe.models import model_spec
+from svdpipe.parareal import PararealStats
 from svdpipe.partition import partition_steps, request_ranges
 from svdpipe.placement import ActorSpec, actor_layout, bundles, choose_transport
 from svdpipe.timing import HopTiming, StageStats
@@ -65,6 +67,7 @@ class EngineResult:
     attempts: int
     split: bool = False  # each step's guidance halves ran on two actors (latency_mode cfg-split / auto)
     split_reason: str = ""  # why it was or was not split
+    parareal: PararealStats | None = None  # iterations, UNet evaluations, final change (latency_mode parareal)
 
 
 @dataclass
@@ -76,6 +79,7 @@ class _Inflight:
     step_marks: list[tuple[ray.ObjectRef, int]] = field(default_factory=list)  # (ref, steps done when ready)
     total_steps: int = 0
     reported: int = 0
+    parareal: PararealStats | None = None
 
     def report(self, steps_done: int) -> None:
         """Tell the caller about newly completed steps (each count once, never backwards)."""
@@ -328,13 +332,18 @@ class Engine:
             split = self._split_plan(inf.request_id, params, len(ranges))
             if split.split or self.config.latency_mode in ("cfg-split", "auto"):
                 logger.info("request %s: %s", inf.request_id, split.reason)
-            inf.refs = self._submit_chain(req, ranges, split)
-            inf.step_marks = self._step_marks(inf.refs, ranges)
             inf.reported = 0  # a retry starts over
+            inf.parareal = None
+            result: Any
+            if self._parareal_now(inf.request_id, len(ranges)):
+                # Parareal: the engine drives the iterations, the stage actors run the solves.
+                result = run_parareal(self, inf, req, ranges)
+            else:
+                inf.refs = self._submit_chain(req, ranges, split)
+                inf.step_marks = self._step_marks(inf.refs, ranges)
+                result = asyncio.wrap_future(inf.refs[-1].future())
             try:
-                video: EncodedVideo = await asyncio.wait_for(
-                    asyncio.wrap_future(inf.refs[-1].future()), timeout=max(0.0, deadline - time.time())
-                )
+                video: EncodedVideo = await asyncio.wait_for(result, timeout=max(0.0, deadline - time.time()))
             except asyncio.TimeoutError as exc:
                 self._cancel_refs(inf)
                 self.failed += 1
@@ -367,7 +376,8 @@ class Engine:
                     raise RequestCancelledError(f"request {inf.request_id} was cancelled") from None
                 continue
             inf.report(inf.total_steps)
-            timings = self.stats.add(video.trace, submitted)
+            # A parareal request's trace holds encode and decode only: no hop figures to learn from it.
+            timings = self.stats.add(video.trace, submitted) if inf.parareal is None else []
             self.completed += 1
             if split.split:
                 self.split_requests += 1
@@ -388,14 +398,29 @@ class Engine:
                 timings,
                 time.time() - admitted,
                 attempt,
-                split.split,
-                split.reason,
+                split.split and inf.parareal is None,
+                split.reason if inf.parareal is None else "parareal",
+                inf.parareal,
             )
 
     @property
     def _can_split(self) -> bool:
         """CFG halves are exchanged over the object store, between actors with a helper thread."""
         return self.transport == "object_store"
+
+    def _parareal_now(self, request_id: str, num_ranges: int) -> bool:
+        """Parareal is for one request on an idle pipeline; otherwise the request is pipelined as usual."""
+        if self.config.latency_mode != "parareal":
+            return False
+        alone = all(r == request_id for r in self._inflight)
+        if not (alone and num_ranges > 1 and self._can_split):
+            logger.info(
+                "request %s: runs pipelined, not by parareal (%s)",
+                request_id,
+                "other requests in flight" if not alone else "needs >= 2 object-store stage actors",
+            )
+            return False
+        return True
 
     def _split_plan(self, request_id: str, params: ResolvedParams, num_ranges: int) -> SplitPlan:
         """Who helps which stage range of this request (the decision is latency.plan_cfg_split's)."""

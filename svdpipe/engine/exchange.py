@@ -32,16 +32,17 @@ class HalfExchange:
         if self.declined or self._cond is None:
             return lambda: None
         sent = time.perf_counter()
-        # The helper's "help" concurrency group: a half never waits behind the helper's own stage calls.
-        ref = self.helper.half.options(concurrency_group="help").remote(self._cond, latents, i)
+        try:
+            # The helper's "help" concurrency group: a half never waits behind the helper's own stage calls.
+            ref = self.helper.half.options(concurrency_group="help").remote(self._cond, latents, i)
+        except ray.exceptions.RayActorError:
+            return self._dead_helper()
 
         def wait() -> Any:
             try:
                 cond, busy_s = ray.get(ref)
             except ray.exceptions.RayActorError:
-                # A dead helper: compute the half here and let the engine replace the helper afterwards.
-                self.declined = True
-                return None
+                return self._dead_helper()()
             if cond is None:
                 self.declined = True
                 return None
@@ -51,3 +52,9 @@ class HalfExchange:
             return cond
 
         return wait
+
+    def _dead_helper(self) -> Callable[[], None]:
+        """A dead helper: the owner computes the rest of the range itself; the engine replaces the helper when
+        the request reaches it (or the next request does) and retries as for any dead stage actor."""
+        self.declined = True
+        return lambda: None
