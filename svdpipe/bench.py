@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -43,7 +44,7 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from svdpipe.config import Dtype, Transport
+from svdpipe.config import Dtype, LatencyMode, Transport
 from svdpipe.profile import CostProfile, stage_loads, step_weights
 
 if TYPE_CHECKING:
@@ -169,8 +170,16 @@ class BenchSettings(BaseModel):
     height: int = Field(32, ge=8, le=4096, description="Video height in pixels.")
     width: int = Field(32, ge=8, le=4096, description="Video width in pixels.")
     simulate_step_ms: float | None = Field(
-        None, gt=0.0, description="Replace each UNet call by a CPU-free wait of this many ms."
+        None,
+        gt=0.0,
+        description="Replace each UNet call by a CPU-free wait of this many ms: the cost of a full guidance "
+        "batch of two; a CFG-split half (a batch of one) waits half of it.",
     )
+    latency_mode: LatencyMode = Field(
+        "off", description="Pipeline mode's single-request latency mode (off, cfg-split, auto, parareal)."
+    )
+    parareal_tol: float = Field(0.0, ge=0.0, le=100.0, description="Parareal tolerance (latency_mode parareal).")
+    parareal_max_iters: int | None = Field(None, ge=1, le=64, description="Parareal iteration cap.")
     transport: Transport = Field("auto", description="Latent transport of the pipeline mode.")
     dtype: Dtype = Field("fp32", description="Weight and activation dtype (fp16 for real SVD on GPUs).")
     num_gpus_per_actor: float = Field(0.0, ge=0.0, le=8.0, description="GPUs per actor (0: CPU actors).")
@@ -414,6 +423,9 @@ class _Bench:
         if mode == "pipeline":
             return EngineConfig(
                 **common,
+                latency_mode=s.latency_mode,
+                parareal_tol=s.parareal_tol,
+                parareal_max_iters=s.parareal_max_iters,
                 num_stages=s.stages,
                 transport=s.transport,
                 colocate_codec=s.colocate_codec,
@@ -474,10 +486,11 @@ class _Bench:
             ray.timeline(filename=s.ray_timeline)
         # One request at a time on the idle system, alternating with the local path so both see the same
         # background load (this machine is shared).
-        idle, local = [], []
+        split_loaded = sum(e.split_requests for e in engines)
+        idle, local, idle_results = [], [], []
         for i in range(s.idle_requests):
             t0 = time.perf_counter()
-            await dispatch(s.num_requests + i)
+            idle_results.append((await dispatch(s.num_requests + i))[1])
             idle.append(time.perf_counter() - t0)
             local.append(self.local_once(s.num_requests + i))
         ideal = ideal_samples_per_hour(workers, s.steps, self.step_s())
@@ -496,6 +509,12 @@ class _Bench:
             "load_avg_1m_at_start": load_before,
             "machine_cpu_busy": cpu_busy,
             "idle_latency_ratio": statistics.median(idle) / statistics.median(local) if idle else None,
+            "latency_mode": s.latency_mode if mode == "pipeline" else "off",
+            "split_requests_loaded": split_loaded,  # of the closed loop's requests
+            "split_requests_idle": sum(r.split for r in idle_results),
+            "helper_busy_s": sum(e.helper_busy_s for e in engines),
+            "exchange_ms_per_step": _exchange_ms(idle_results),
+            "parareal": [dataclasses.asdict(r.parareal) for r in idle_results if r.parareal is not None],
         }
         out["ideal_samples_per_hour"] = ideal
         out["efficiency"] = efficiency(out["samples_per_hour"], ideal)
@@ -535,6 +554,14 @@ class _Bench:
         finally:
             await asyncio.gather(*(e.shutdown() for e in replicas), return_exceptions=True)
         return results
+
+
+def _exchange_ms(results: Sequence[EngineResult]) -> float | None:
+    """Mean per-step CFG exchange cost (round trip minus the helper's compute) over split steps."""
+    steps = sum(t.split_steps for r in results for t in r.video.trace)
+    if not steps:
+        return None
+    return sum(t.exchange_s for r in results for t in r.video.trace) * 1000 / steps
 
 
 def machine_info() -> dict[str, Any]:
@@ -699,6 +726,9 @@ def add_bench_parser(subparsers: Any) -> None:
     opt("--width", "width", type=int)
     opt("--simulate-step-ms", "simulate_step_ms", type=float)
     opt("--transport", "transport", choices=get_args(Transport))
+    opt("--latency-mode", "latency_mode", choices=get_args(LatencyMode))
+    opt("--parareal-tol", "parareal_tol", type=float)
+    opt("--parareal-max-iters", "parareal_max_iters", type=int)
     opt("--dtype", "dtype", choices=get_args(Dtype))
     opt("--num-gpus-per-actor", "num_gpus_per_actor", type=float)
     opt("--modes", "modes", type=_mode_list, metavar="MODE[,MODE...]")
