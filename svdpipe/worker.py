@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     import torch
 
 logger = logging.getLogger(__name__)
+_MAX_HELPED = 8
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,7 @@ class StageWorker:
         self._lock = threading.Lock()
         self._pending = 0  # stage calls entered but waiting for the lock: a helper declines halves meanwhile
         self._pending_lock = threading.Lock()
+        self._helping: dict[str, RequestState] = {}  # conditioning of the ranges this actor helps with
         with contextlib.suppress(ImportError):  # inputs are read-only views on the object store: expected
             from ray._private.tensor_serialization_utils import ZeroCopyTensorsWarning
 
@@ -106,12 +108,22 @@ class StageWorker:
         finally:
             self._lock.release()
 
-    def half(self, state: RequestState, latents: torch.Tensor, i: int) -> tuple[torch.Tensor | None, float]:
+    def half(
+        self, key: str, state: RequestState | None, latents: torch.Tensor, i: int, last: bool
+    ) -> tuple[torch.Tensor | None, float]:
         """As a helper: the conditional half's noise prediction at step i, and the seconds it took; (None, 0)
-        when this actor has work of its own (running or waiting), which always goes first."""
+        when this actor has work of its own (running or waiting), which always goes first. `state` (the
+        conditioning) comes with a range's first step only and is kept under `key` until its `last` step."""
         from svdpipe import stages
         from svdpipe.latency import should_help
 
+        if state is not None:
+            self._helping[key] = state
+            while len(self._helping) > _MAX_HELPED:  # an owner that died mid-range never sends `last`
+                self._helping.pop(next(iter(self._helping)))
+        state = self._helping.pop(key, None) if last else self._helping.get(key)
+        if state is None:
+            return None, 0.0
         if not should_help(self._lock.locked(), self._pending) or not self._lock.acquire(blocking=False):
             return None, 0.0
         try:
@@ -154,7 +166,7 @@ class StageWorker:
             state = item
         split = {}
         if steps is not None and exchange is not None and state.params.do_classifier_free_guidance:
-            exchange.open(state)
+            exchange.open(state, range(*steps))
             state = stages.denoise_split(self.model, state, range(*steps), exchange.start, None, self.simulate_s)
             split = {"split_steps": exchange.steps, "helper_s": exchange.helper_s, "exchange_s": exchange.exchange_s}
         elif steps is not None:

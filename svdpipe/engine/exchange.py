@@ -19,14 +19,20 @@ class HalfExchange:
     def __init__(self, helper: Any, helper_name: str) -> None:
         self.helper, self.helper_name = helper, helper_name
         self._cond: ray.ObjectRef | None = None
+        self._key = ""
+        self._sent_cond = False
+        self._last = -1
         self.declined = False  # the helper said no once: the owner computes the rest of the range itself
         self.steps = 0
         self.helper_s = 0.0
         self.exchange_s = 0.0
 
-    def open(self, state: RequestState) -> None:
-        """Put the request's conditioning in the object store once; each step then sends only the latents."""
+    def open(self, state: RequestState, steps: range) -> None:
+        """Put the request's conditioning in the object store; the helper reads it with the first step and
+        keeps it for the range, so each later step sends only the latents."""
         self._cond = ray.put(state)
+        self._key = f"{state.request_id}:{steps.start}"
+        self._last = steps.stop - 1
 
     def start(self, latents: Any, i: int) -> Callable[[], Any]:
         if self.declined or self._cond is None:
@@ -34,7 +40,10 @@ class HalfExchange:
         sent = time.perf_counter()
         try:
             # The helper's "help" concurrency group: a half never waits behind the helper's own stage calls.
-            ref = self.helper.half.options(concurrency_group="help").remote(self._cond, latents, i)
+            cond = None if self._sent_cond else self._cond
+            half = self.helper.half.options(concurrency_group="help")
+            ref = half.remote(self._key, cond, latents, i, i == self._last)
+            self._sent_cond = True
         except ray.exceptions.RayActorError:
             return self._dead_helper()
 
