@@ -46,6 +46,7 @@ class PararealStats:
     fine_solves: int  # F calls started (including speculative ones of a later iteration)
     coarse_solves: int  # G calls started
     unet_evals: int  # UNet evaluations started: a step of a fine solve counts 1, a coarse solve 1
+    changes: tuple[float, ...] = ()  # the change after each iteration 1..k (the last is final_change)
 
 
 async def parareal(
@@ -81,7 +82,7 @@ async def parareal(
 
     if n_blocks == 1:  # nothing to parallelise: the fine solve is the serial solve
         counts.update(fine=1, evals=len(blocks[0]))
-        return await fine(0, u0), _stats(0, True, 0.0, counts)
+        return await fine(0, u0), _stats(0, True, 0.0, counts, [])
 
     loop = asyncio.get_running_loop()
     tasks: list[asyncio.Future] = []
@@ -117,12 +118,14 @@ async def parareal(
 
     try:
         previous = await u[0][n_blocks]
+        changes: list[float] = []
         for k in range(1, limit + 1):
             final = await u[k][n_blocks]
             change = float((final - previous).abs().max())
+            changes.append(change)
             exact = k == n_blocks
             if exact or (tol > 0 and change <= tol) or k == limit:
-                return final, _stats(k, exact, change, counts)
+                return final, _stats(k, exact, change, counts, changes)
             previous = final
         raise AssertionError("unreachable: the loop returns at k == limit")
     finally:
@@ -131,8 +134,8 @@ async def parareal(
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def _stats(k: int, exact: bool, change: float, counts: dict[str, int]) -> PararealStats:
-    return PararealStats(k, exact, change, counts["fine"], counts["coarse"], counts["evals"])
+def _stats(k: int, exact: bool, change: float, counts: dict[str, int], changes: list[float]) -> PararealStats:
+    return PararealStats(k, exact, change, counts["fine"], counts["coarse"], counts["evals"], tuple(changes))
 
 
 @dataclass(frozen=True)

@@ -165,3 +165,11 @@ def test_parareal_with_a_tolerance_stays_within_the_block_count(tiny_model, imag
     _, stats = solve_parareal(tiny_model, state, blocks, tol=1e-2)
     assert 1 <= stats.iterations <= 4
     assert stats.exact or stats.final_change <= 1e-2
+
+
+def test_changes_are_reported_per_iteration():
+    blocks = partition_steps(12, 4)
+    fine, coarse = toy_solvers(blocks)
+    _, stats = asyncio.run(parareal.parareal(torch.linspace(0.1, 3.0, 9, dtype=torch.float64), blocks, fine, coarse))
+    assert len(stats.changes) == stats.iterations == 4
+    assert stats.changes[-1] == stats.final_change
