@@ -13,6 +13,7 @@ from svdpipe import stages
 from svdpipe.config import EngineConfig, ResolvedParams, VideoParams, resolve_params
 from svdpipe.models import SVDModel, load_model
 from svdpipe.partition import request_ranges
+from svdpipe.simulate import SimulatedCosts, install_stand_ins
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,9 @@ class LocalPipeline:
     def __init__(self, config: EngineConfig, model: SVDModel | None = None) -> None:
         self.config = config
         self.model = model or load_model(config.model, config.dtype, config.device)
+        costs = SimulatedCosts.from_config(config)
+        if costs.any:
+            install_stand_ins(self.model, costs)
         if config.torch_threads:
             import torch
 
@@ -44,11 +48,10 @@ class LocalPipeline:
     ) -> VideoResult:
         resolved = resolve_params(params, self.model.spec, self.config.num_stages)
         request_id = request_id or uuid.uuid4().hex
-        simulate = self.config.simulate_step_ms / 1000 if self.config.simulate_step_ms is not None else None
         # 1. encode
         state = stages.encode(self.model, image, resolved, request_id)
         # 2. denoise, one step range per (virtual) stage
         for steps in request_ranges(resolved.num_inference_steps, self.config.num_stages, self.config.step_weights):
-            state = stages.denoise(self.model, state, steps, on_step, simulate)
+            state = stages.denoise(self.model, state, steps, on_step)
         # 3. decode
         return VideoResult(request_id, stages.decode(self.model, state), resolved)

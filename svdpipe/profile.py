@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -111,12 +111,13 @@ def measure_profile(
     image_png: bytes,
     params: ResolvedParams,
     output_format: OutputFormat = "npy",
-    simulate_step_s: float | None = None,
     repeats: int = 3,
 ) -> CostProfile:
     """Time each phase in this process as a stage runs it (median of `repeats` after one warm-up).
 
-    Encode includes decoding the PNG, decode includes writing the output file, as in the stage actors.
+    Encode includes decoding the PNG, decode includes writing the output file, as in the stage actors. A model
+    with stand-ins (svdpipe.simulate) profiles the simulated costs. On a GPU the clock is read only after the
+    device has finished the phase's kernels (they run asynchronously).
     """
     from svdpipe import stages
     from svdpipe.images import load_image
@@ -127,19 +128,20 @@ def measure_profile(
     encode_t: list[float] = []
     decode_t: list[float] = []
     step_t: list[list[float]] = [[] for _ in range(params.num_inference_steps)]
+    clock = device_clock(model.device)
     for rep in range(repeats + 1):  # the first round warms up (allocator, lazy inits) and is dropped
-        t0 = time.perf_counter()
+        t0 = clock()
         state = stages.encode(model, load_image(image_png), params, "profile", output_format)
-        t1 = time.perf_counter()
+        t1 = clock()
         for i in range(params.num_inference_steps):
-            s0 = time.perf_counter()
-            state = stages.denoise(model, state, range(i, i + 1), simulate_step_s=simulate_step_s)
+            s0 = clock()
+            state = stages.denoise(model, state, range(i, i + 1))
             if rep:
-                step_t[i].append(time.perf_counter() - s0)
-        t2 = time.perf_counter()
+                step_t[i].append(clock() - s0)
+        t2 = clock()
         frames = stages.decode(model, state)
         encode_video(frames, output_format, params.fps)
-        t3 = time.perf_counter()
+        t3 = clock()
         if rep:
             encode_t.append(t1 - t0)
             decode_t.append(t3 - t2)
@@ -152,7 +154,6 @@ def measure_profile(
         "output_format": output_format,
         "device": str(model.device),
         "dtype": str(model.dtype).removeprefix("torch."),
-        "simulate_step_ms": None if simulate_step_s is None else simulate_step_s * 1000,
         "repeats": repeats,
     }
     return CostProfile(
@@ -161,3 +162,17 @@ def measure_profile(
         decode_s=statistics.median(decode_t),
         conditions=conditions,
     )
+
+
+def device_clock(device: Any) -> Callable[[], float]:
+    """time.perf_counter, after waiting for the device's queued kernels when `device` is a GPU."""
+    import torch
+
+    if torch.device(device).type != "cuda":
+        return time.perf_counter
+
+    def clock() -> float:
+        torch.cuda.synchronize(device)
+        return time.perf_counter()
+
+    return clock

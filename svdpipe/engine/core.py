@@ -1,10 +1,11 @@
-"""The engine: builds the stage actors and their collective group, admits requests, pipelines their hops.
+"""The engine: builds the model and mux actors and their collective group, admits requests, executes plans.
 
-Every request's whole chain (encoder -> N denoise stages -> decoder) is submitted at once, each call taking
-the previous call's ObjectRef. Ray starts a call as soon as its input exists and its actor is free, so
-requests overlap across stages (pipeline fill) with no round trip through this process per hop, and, with
-Ray Direct Transport, latents go straight from actor to actor. This process created the collective group,
-so it is the one allowed to submit calls that pass those refs.
+The planner (svdpipe.planner, pure) decides each request's plan; this module only runs it. Every call of a plan
+is submitted at once, each taking the previous call's ObjectRef (the decode calls all take the chain's final
+state, the mux call all decoded parts). Ray starts a call as soon as its input exists and its actor is free, so
+requests overlap across actors (pipeline fill) with no round trip through this process per hop, and, with Ray
+Direct Transport, latents go straight from actor to actor. This process created the collective group, so it is
+the one allowed to submit calls that pass those refs.
 """
 
 from __future__ import annotations
@@ -38,17 +39,18 @@ from svdpipe.errors import (
     SvdpipeError,
 )
 from svdpipe.models import model_spec
-from svdpipe.partition import partition_steps, request_ranges
-from svdpipe.placement import ActorSpec, actor_layout, bundles, choose_transport
+from svdpipe.placement import ActorSpec, actor_layout, bundles, choose_transport, mux_layout
+from svdpipe.planner import CostModel, Plan, Planner, RequestShape, actor_calls
 from svdpipe.timing import HopTiming, StageStats
-from svdpipe.worker import EncodedVideo, EncodeRequest, StageWorker
+from svdpipe.worker import EncodedVideo, EncodeRequest, ModelWorker, MuxWorker, PhaseCosts, median_costs
 
 logger = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[int, int], None]  # (steps done, total steps)
 _GROUP_BACKENDS = {"gloo": "torch_gloo", "nccl": "nccl"}  # transports that need a collective group
 _RDT = ("gloo", "nccl", "cuda_ipc")
-_PROGRESS_POLL_S = 0.02
+_PROGRESS_WAIT_S = 0.2  # longest a progress wait blocks its thread before it looks at new requests
+_CALL_S = 0.002  # turnaround of one actor call (measured hop here: ~2.5 ms); lets the planner merge calls
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,7 @@ class EngineResult:
     timings: list[HopTiming]
     latency_s: float
     attempts: int
+    plan: Plan
 
 
 @dataclass
@@ -70,6 +73,7 @@ class _Inflight:
     cancelled: bool = False
     on_progress: ProgressCallback | None = None
     step_marks: list[tuple[ray.ObjectRef, int]] = field(default_factory=list)  # (ref, steps done when ready)
+    plan: Plan | None = None
     total_steps: int = 0
     reported: int = 0
 
@@ -85,13 +89,15 @@ class _Inflight:
 
 
 class Engine:
-    """Owns the stage actors of one deployment and runs requests through them (asyncio)."""
+    """Owns the actors of one deployment and runs requests' plans on them (asyncio)."""
 
     def __init__(
         self, config: EngineConfig, placement_group: PlacementGroup | None = None, first_bundle: int = 0
     ) -> None:
         self.config = config
         self.layout: list[ActorSpec] = actor_layout(config)
+        self.mux_layout: list[ActorSpec] = mux_layout(config)
+        self.planner: Planner | None = None  # built at start, from the phase costs the actors measure
         self.spec = model_spec(config.model)
         self.transport = choose_transport(config)
         self.stats = StageStats()
@@ -99,7 +105,11 @@ class Engine:
         self._own_pg = placement_group is None
         self._first_bundle = first_bundle
         self._actors: list[Any] = []
+        self._muxers: list[Any] = []
+        self._load = [0.0] * len(self.layout)  # expected seconds of planned, unfinished work per model actor
+        self._mux_load = [0.0] * len(self.mux_layout)  # unfinished requests per mux actor
         self._group: Any = None
+        self._progress_wake: asyncio.Event | None = None
         self._generation = 0
         self._inflight: dict[str, _Inflight] = {}
         self._slots: asyncio.Semaphore | None = None
@@ -120,6 +130,7 @@ class Engine:
         self.transport = choose_transport(self.config, ray.cluster_resources().get("GPU", 0.0))
         self._slots = asyncio.Semaphore(self.config.max_inflight)
         self._rebuild_lock = asyncio.Lock()
+        self._progress_wake = asyncio.Event()
         # 2. placement: one bundle per actor
         if self._pg is None:
             self._pg = placement_group(bundles(self.config), strategy=self.config.placement_strategy)
@@ -134,20 +145,23 @@ class Engine:
                 ) from exc
         # 3. actors, group, warm-up; on any failure release what was built
         try:
-            self._actors = [self._new_actor(spec) for spec in self.layout]
-            await self._await_ready(self._actors)
+            self._actors = [await self._new_actor(spec) for spec in self.layout]
+            self._muxers = [await self._new_actor(spec) for spec in self.mux_layout]
+            await self._await_ready(self._actors + self._muxers)
             self._make_group()
-            await self._warm_up()
+            self.planner = self._make_planner(await self._warm_up(range(len(self._actors))))
         except BaseException:
             await self.shutdown()
             raise
         self._progress_task = asyncio.get_running_loop().create_task(self._progress_loop())
         self._started = True
         logger.info(
-            "engine ready: %d actors (%s), transport %s",
+            "engine ready: %d model actors, %d mux actors, %s, transport %s, costs %s",
             len(self._actors),
-            ", ".join(s.name for s in self.layout),
+            len(self._muxers),
+            self.config.parallelism,
             self.transport,
+            self.planner.costs if self.planner is not None else None,
         )
 
     async def shutdown(self) -> None:
@@ -157,48 +171,57 @@ class Engine:
         if self._progress_task is not None:
             self._progress_task.cancel()
         self._destroy_group()
-        for actor in self._actors:
+        for actor in self._actors + self._muxers:
             with contextlib.suppress(Exception):
                 ray.kill(actor)
-        self._actors = []
+        self._actors, self._muxers = [], []
         if self._own_pg and self._pg is not None:
             with contextlib.suppress(Exception):
                 remove_placement_group(self._pg)
             self._pg = None
         self._started = False
 
-    def _new_actor(self, spec: ActorSpec) -> Any:
+    async def _new_actor(self, spec: ActorSpec) -> Any:
+        if spec.role == "mux":
+            return await self._create(ray.remote(MuxWorker), spec, {"num_cpus": self.config.num_cpus_per_actor})
         rdt = self.transport in _RDT
-        cls = ray.remote(enable_tensor_transport=True)(StageWorker) if rdt else ray.remote(StageWorker)
+        cls = ray.remote(enable_tensor_transport=True)(ModelWorker) if rdt else ray.remote(ModelWorker)
         options: dict[str, Any] = {
-            "name": spec.name,
-            "namespace": self.config.namespace,
             "num_cpus": self.config.num_cpus_per_actor,
             "num_gpus": self.config.num_gpus_per_actor,
-            "max_restarts": 0,
             # RDT needs single-threaded actors. On the object store a second thread lets Ray receive and
             # deserialise the next request while this one computes (the worker's lock keeps one request in
             # the model at a time): the busy-stage hand-off fell from 2.6 to 0.6 ms (BENCHMARKS.md).
             "max_concurrency": 1 if rdt else 2,
+        }
+        return await self._create(cls, spec, options, rdt)
+
+    async def _create(self, cls: Any, spec: ActorSpec, options: dict[str, Any], *args: Any) -> Any:
+        bundle = self._first_bundle + spec.index + (len(self.layout) if spec.role == "mux" else 0)
+        options = {
+            **options,
+            "name": spec.name,
+            "namespace": self.config.namespace,
+            "max_restarts": 0,
             # Run whichever queued call has its input first: no head-of-line blocking behind a request still
             # upstream, and a cancelled call that never got its input does not stall the calls behind it
             # (in-order actors wait 30 s for the missing sequence number, then fail them).
             "allow_out_of_order_execution": True,
             "scheduling_strategy": PlacementGroupSchedulingStrategy(
-                placement_group=self._pg, placement_group_bundle_index=self._first_bundle + spec.index
+                placement_group=self._pg, placement_group_bundle_index=bundle
             ),
         }
-        if not rdt:
+        if self.transport not in _RDT:
             # Incoming tensors become views of the object store's shared memory instead of unpickled copies
-            # (stages never write to their inputs).
+            # (actors never write to their inputs).
             options["runtime_env"] = {"env_vars": {"RAY_ENABLE_ZERO_COPY_TORCH_TENSORS": "1"}}
         for _ in range(50):  # a replaced actor's name frees once Ray has marked it dead
             try:
-                return cls.options(**options).remote(self.config, spec, rdt)
+                return cls.options(**options).remote(self.config, spec, *args)
             except ValueError as exc:  # ActorAlreadyExistsError
                 if "already taken" not in str(exc):
                     raise
-                time.sleep(0.1)
+                await asyncio.sleep(0.1)  # never time.sleep: this runs on the serving event loop
         raise ConfigError(
             f"an actor named {spec.name!r} already exists in Ray namespace {self.config.namespace!r}: is another "
             "svdpipe engine running? Give this one another name_prefix or namespace"
@@ -208,7 +231,7 @@ class Engine:
         try:
             await asyncio.gather(*[a.ping.remote() for a in actors])
         except ray.exceptions.RayActorError as exc:
-            raise ConfigError(f"a stage actor failed to start: {exc}") from exc
+            raise ConfigError(f"an actor failed to start: {exc}") from exc
 
     def _make_group(self) -> None:
         backend = _GROUP_BACKENDS.get(self.transport)
@@ -230,9 +253,7 @@ class Engine:
             destroy_collective_group(self._group)
         self._group = None
 
-    async def _warm_up(self) -> None:
-        """One request of the model's default shape through the whole chain, so no user request pays first-call
-        costs (lazy initialisation, allocator growth, torch.compile for the default shape)."""
+    def _warmup_request(self, steps: int) -> tuple[bytes, ResolvedParams]:
         import io
 
         import PIL.Image
@@ -240,13 +261,47 @@ class Engine:
         buf = io.BytesIO()
         PIL.Image.new("RGB", (self.spec.default_width, self.spec.default_height), (127, 127, 127)).save(buf, "PNG")
         params = resolve_params(
-            VideoParams(num_inference_steps=self.config.num_stages, seed=0, max_guidance_scale=2.0),
-            self.spec,
-            self.config.num_stages,
+            VideoParams(num_inference_steps=steps, seed=0, max_guidance_scale=2.0), self.spec, self.config.num_stages
         )
-        req = EncodeRequest("warmup", buf.getvalue(), params, "npy", time.time())
-        refs = self._submit_chain(req, partition_steps(params.num_inference_steps, self.config.num_stages))
+        return buf.getvalue(), params
+
+    async def _warm_up(self, fresh: range | list[int]) -> PhaseCosts:
+        """Warm the `fresh` model actors with a request of the model's default shape run inside each (so no user
+        request pays first-call costs: lazy initialisation, allocator growth, torch.compile for the default
+        shape), then one request through every actor's hops; returns the median phase costs they measured."""
+        png, params = self._warmup_request(self.config.num_stages)
+        costs = await asyncio.gather(*[self._actors[i].warm_up.remote(png, params) for i in fresh])
+        measured = median_costs(list(costs))
+        # One pipeline plan visits every model actor (and a mux actor), warming the transport between them.
+        planner = Planner(len(self._actors), len(self._muxers), self._cost_model(measured))
+        plan = planner.plan("warmup", RequestShape(params.num_inference_steps, params.num_frames, params.num_frames))
+        refs, _ = self._submit(plan, EncodeRequest("warmup", png, params, "npy", time.time()))
         await refs[-1]
+        return measured
+
+    def _cost_model(self, measured: PhaseCosts) -> CostModel:
+        """Simulated costs where the config sets them (exact), the actors' measurements otherwise."""
+        c = self.config
+
+        def pick(ms: float | None, measured_s: float) -> float:
+            return ms / 1000 if ms is not None else measured_s
+
+        step = pick(c.simulate_step_ms, measured.step_s)
+        return CostModel(
+            encode_s=pick(c.simulate_encode_ms, measured.encode_s),
+            step_s=max(step, 1e-6),
+            decode_frame_s=pick(c.simulate_decode_frame_ms, measured.decode_frame_s),
+            call_s=_CALL_S,
+        )
+
+    def _make_planner(self, measured: PhaseCosts) -> Planner:
+        return Planner(
+            len(self.layout),
+            len(self.mux_layout),
+            self._cost_model(measured),
+            self.config.parallelism,
+            self.config.step_weights,
+        )
 
     # ---------------------------------------------------------------- requests
 
@@ -287,7 +342,7 @@ class Engine:
                 self._inflight.pop(request_id, None)
 
     def cancel(self, request_id: str) -> bool:
-        """Cancel a running request: its remaining stages are skipped and its slot freed."""
+        """Cancel a running request: its remaining calls are skipped and its slot freed."""
         inf = self._inflight.get(request_id)
         if inf is None:
             return False
@@ -298,9 +353,12 @@ class Engine:
     async def _run(
         self, inf: _Inflight, image_png: bytes, params: ResolvedParams, fmt: OutputFormat, timeout_s: float
     ) -> EngineResult:
+        assert self.planner is not None
         admitted = time.time()
         deadline = admitted + timeout_s
-        ranges = request_ranges(params.num_inference_steps, self.config.num_stages, self.config.step_weights)
+        shape = RequestShape(
+            params.num_inference_steps, params.num_frames, params.decode_chunk_size, params.do_classifier_free_guidance
+        )
         attempt = 0
         while True:
             attempt += 1
@@ -309,21 +367,29 @@ class Engine:
             generation = self._generation
             submitted = time.time()
             req = EncodeRequest(inf.request_id, image_png, params, fmt, submitted)
-            inf.refs = self._submit_chain(req, ranges)
-            inf.step_marks = self._step_marks(inf.refs, ranges)
+            # 1. plan against the work already planned and unfinished on each actor; 2. execute
+            plan = self.planner.plan(inf.request_id, shape, self._load, self._mux_load)
+            inf.plan = plan
+            self._account(plan, +1)
+            inf.refs, inf.step_marks = self._submit(plan, req)
             inf.reported = 0  # a retry starts over
+            assert self._progress_wake is not None
+            self._progress_wake.set()
             try:
                 video: EncodedVideo = await asyncio.wait_for(
                     asyncio.wrap_future(inf.refs[-1].future()), timeout=max(0.0, deadline - time.time())
                 )
             except asyncio.TimeoutError as exc:
+                self._account(plan, -1)
                 self._cancel_refs(inf)
                 self.failed += 1
                 raise RequestTimeoutError(f"request {inf.request_id} did not finish within {timeout_s:g} s") from exc
             except asyncio.CancelledError:
+                self._account(plan, -1)
                 self._cancel_refs(inf)
                 raise
             except Exception as exc:
+                self._account(plan, -1)
                 if inf.cancelled or isinstance(exc, ray.exceptions.TaskCancelledError):
                     raise RequestCancelledError(f"request {inf.request_id} was cancelled") from None
                 user_error = _user_error(exc)
@@ -347,6 +413,7 @@ class Engine:
                 if inf.cancelled:
                     raise RequestCancelledError(f"request {inf.request_id} was cancelled") from None
                 continue
+            self._account(plan, -1)
             inf.report(inf.total_steps)
             timings = self.stats.add(video.trace, submitted)
             self.completed += 1
@@ -359,29 +426,36 @@ class Engine:
                         f"{t.stage} step {t.step_ms:.1f} hop {t.hop_ms:.2f} queue {t.queue_ms:.1f} ms" for t in timings
                     ),
                 )
-            return EngineResult(inf.request_id, video, params, timings, time.time() - admitted, attempt)
+            return EngineResult(inf.request_id, video, params, timings, time.time() - admitted, attempt, plan)
 
-    def _submit_chain(self, req: EncodeRequest, ranges: list[range]) -> list[ray.ObjectRef]:
+    def _account(self, plan: Plan, sign: int) -> None:
+        """Add (at submission) or remove (once it ended) a plan's expected work from the actors' loads."""
+        for i, work in enumerate(plan.work_s):
+            self._load[i] = max(0.0, self._load[i] + sign * work)
+        self._mux_load[plan.mux_actor] = max(0.0, self._mux_load[plan.mux_actor] + sign)
+
+    def _submit(self, plan: Plan, req: EncodeRequest) -> tuple[list[ray.ObjectRef], list[tuple[ray.ObjectRef, int]]]:
+        """Submit every call of `plan`; returns all refs (the video's last) and (ref, steps done) progress marks."""
+        chain, decodes = actor_calls(plan)
         refs: list[ray.ObjectRef] = []
+        marks: list[tuple[ray.ObjectRef, int]] = []
         item: Any = req
-        for actor, spec in zip(self._actors, self.layout, strict=True):
-            steps = None
-            if spec.denoise_stage is not None:
-                r = ranges[spec.denoise_stage]
-                steps = (r.start, r.stop)
-            method = actor.process
-            if self.transport in _RDT and not spec.decodes:
+        # 1. the chain: encode and the step ranges, each call taking the previous call's state
+        for call in chain:
+            method = self._actors[call.actor].run
+            if self.transport in _RDT and not call.decode:  # decoded frames are numpy: the object store
                 method = method.options(tensor_transport=self.transport)
-            item = method.remote(item, steps)
+            item = method.remote(item, call)
             refs.append(item)
-        return refs
-
-    def _step_marks(self, refs: list[ray.ObjectRef], ranges: list[range]) -> list[tuple[ray.ObjectRef, int]]:
-        marks = []
-        for ref, spec in zip(refs, self.layout, strict=True):
-            if spec.denoise_stage is not None and not spec.decodes:
-                marks.append((ref, ranges[spec.denoise_stage].stop))
-        return marks
+            if call.steps is not None and not call.decode:
+                marks.append((item, call.steps[1]))
+        # 2. decode calls, all reading the final state at once (none when the last chain call decoded)
+        parts = [self._actors[call.actor].run.remote(item, call) for call in decodes] or [item]
+        if decodes:
+            refs.extend(parts)
+        # 3. the mux actor writes the file from every decoded part
+        refs.append(self._muxers[plan.mux_actor].mux.remote(*parts))
+        return refs, marks
 
     def _cancel_refs(self, inf: _Inflight) -> None:
         for ref in inf.refs:
@@ -389,15 +463,24 @@ class Engine:
                 ray.cancel(ref)
 
     async def _progress_loop(self) -> None:
-        """Report completed step ranges without fetching the latents (ray.wait with fetch_local=False)."""
+        """Report completed step ranges without fetching the latents (ray.wait with fetch_local=False).
+
+        The blocking wait runs in a thread, so the event loop never waits on Ray: it returns as soon as any
+        watched range finishes, or after _PROGRESS_WAIT_S to pick up newly submitted requests.
+        """
+        assert self._progress_wake is not None
         while True:
-            await asyncio.sleep(_PROGRESS_POLL_S)
             watched = {ref: inf for inf in self._inflight.values() if inf.on_progress for ref, _ in inf.step_marks}
             if not watched:
+                self._progress_wake.clear()
+                await self._progress_wake.wait()
                 continue
             try:
-                ready, _ = ray.wait(list(watched), num_returns=len(watched), timeout=0, fetch_local=False)
+                ready, _ = await asyncio.to_thread(
+                    ray.wait, list(watched), num_returns=1, timeout=_PROGRESS_WAIT_S, fetch_local=False
+                )
             except Exception:  # a ref cancelled under us; the next round sees the new set
+                await asyncio.sleep(_PROGRESS_WAIT_S)
                 continue
             for ref in ready:
                 inf = watched[ref]
@@ -421,62 +504,72 @@ class Engine:
         async with self._rebuild_lock:
             if self._generation != generation:
                 return  # another request already rebuilt after this failure
-            dead = [i for i, a in enumerate(self._actors) if not _alive(a)]
+            states = [_actor_state(a) for a in self._actors]
+            dead = [i for i, state in enumerate(states) if state == "DEAD"]
+            dead_mux = [i for i, a in enumerate(self._muxers) if _actor_state(a) == "DEAD"]
             grouped = self._group is not None
             if grouped:
                 # A collective group cannot lose a member: rebuild it whole with the survivors.
                 self._destroy_group()
             logger.warning(
-                "rebuilding stage actors %s (transport %s)",
-                [self.layout[i].name for i in dead] or "none dead",
+                "rebuilding actors %s (transport %s)",
+                [self.layout[i].name for i in dead] + [self.mux_layout[i].name for i in dead_mux] or "none dead",
                 self.transport,
             )
             for i in dead:
-                with contextlib.suppress(Exception):
-                    ray.kill(self._actors[i])
-                self._actors[i] = self._new_actor(self.layout[i])
+                self._actors[i] = await self._new_actor(self.layout[i])
+            for i in dead_mux:
+                self._muxers[i] = await self._new_actor(self.mux_layout[i])
             try:
-                await self._await_ready(self._actors)
+                await self._await_ready(self._actors + self._muxers)
                 self._make_group()
-                await self._warm_up()
+                await self._warm_up(dead)
             except Exception as exc:  # survivors broken too (e.g. Ray killed the group): start over
                 logger.warning("partial rebuild failed (%s); replacing every actor", _short(exc))
                 self._destroy_group()
                 for i, actor in enumerate(self._actors):
                     with contextlib.suppress(Exception):
                         ray.kill(actor)
-                    self._actors[i] = self._new_actor(self.layout[i])
-                await self._await_ready(self._actors)
+                    self._actors[i] = await self._new_actor(self.layout[i])
+                await self._await_ready(self._actors + self._muxers)
                 self._make_group()
-                await self._warm_up()
+                await self._warm_up(range(len(self._actors)))
             self._generation += 1
 
     # ---------------------------------------------------------------- health
 
     async def health(self) -> list[dict[str, Any]]:
-        """Each stage's state: alive (Ray's view) and its recent timing."""
+        """Each actor's state (Ray's view: alive, dead, or unknown when Ray could not say) and recent timing."""
         summary = self.stats.summary()
         out = []
-        for spec, actor in zip(self.layout, self._actors, strict=True):
+        for spec, actor in zip(self.layout + self.mux_layout, self._actors + self._muxers, strict=True):
+            state = _actor_state(actor)
             out.append(
                 {
                     "name": spec.name,
                     "role": spec.role,
                     "parts": list(spec.parts),
-                    "state": "alive" if _alive(actor) else "dead",
+                    "state": "unknown" if state is None else "dead" if state == "DEAD" else "alive",
                     **summary.get(spec.name, {}),
                 }
             )
         return out
 
 
-def _alive(actor: Any) -> bool:
-    """Ray's own view of the actor (no call into it: a busy stage answers nothing until its queue drains)."""
+def _actor_state(actor: Any) -> str | None:
+    """Ray's own record of the actor ('ALIVE', 'DEAD', 'PENDING_CREATION', ...), None if Ray cannot say now.
+
+    No call into the actor: a busy actor answers nothing until its queue drains. The public state API
+    (ray.util.state.get_actor) needs the dashboard, which a deployment may run without, so this reads the GCS
+    through ray._private.state; tests/ray/test_engine_behaviour.py fails loudly if that moves. A control-plane
+    error is not a dead actor: callers treat None as "not known dead", so a hiccup never replaces healthy actors.
+    """
     try:
         info = ray._private.state.actors(actor_id=actor._actor_id.hex())
-    except Exception:
-        return False
-    return bool(info) and info.get("State") in ("ALIVE", "PENDING_CREATION", "DEPENDENCIES_UNREADY", "RESTARTING")
+    except Exception as exc:
+        logger.warning("could not read the state of actor %s: %s", actor, _short(exc))
+        return None
+    return info.get("State") if info else None
 
 
 def _user_error(exc: BaseException) -> SvdpipeError | None:
