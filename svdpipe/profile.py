@@ -1,9 +1,7 @@
-"""Cost profiles: what encode, one denoising step and decode cost, and the step weights that balance them.
+"""Cost profiles: what encode, one denoising step and decode cost (for the bench's ideal and projection).
 
-A profile is measured once at start (`measure_profile`, in-process on the same model and shapes the stages
-use) or read from a JSON file saved earlier. `step_weights` turns it into EngineConfig.step_weights, so
-partition_steps balances the stages by cost rather than by step count: with `colocate_codec` the first
-denoise stage also encodes and the last also decodes, so their ranges should hold fewer steps.
+A profile is measured in-process on the same model and shapes the actors use (`measure_profile`) or read from
+a JSON file saved earlier. The engine's planner gets its costs from the actors' own warm-up measurements.
 """
 
 from __future__ import annotations
@@ -11,12 +9,10 @@ from __future__ import annotations
 import json
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-from svdpipe.partition import partition_steps, stage_costs
 
 if TYPE_CHECKING:
     from svdpipe.config import OutputFormat, ResolvedParams
@@ -73,37 +69,6 @@ class CostProfile:
         except (OSError, json.JSONDecodeError) as exc:
             raise ValueError(f"cannot read cost profile {path}: {exc}") from exc
         return cls.from_json(data)
-
-
-def step_weights(profile: CostProfile, num_steps: int, colocate_codec: bool) -> tuple[float, ...]:
-    """Per-step weights (seconds) for EngineConfig.step_weights.
-
-    Every step weighs the profile's median step cost (the steps are identical work; measured differences are
-    noise that could move a cut). With `colocate_codec` the encode cost is added to step 0 and the decode
-    cost to the last step, because the stage owning step 0 also encodes and the one owning the last step also
-    decodes: partition_steps then gives those stages fewer steps. Without colocation the encoder and decoder
-    are stages of their own and the weights are equal (the same split as by count).
-    """
-    if num_steps < 1:
-        raise ValueError(f"num_steps must be at least 1, got {num_steps}")
-    weights = [profile.typical_step_s] * num_steps
-    if colocate_codec:
-        weights[0] += profile.encode_s
-        weights[-1] += profile.decode_s
-    return tuple(weights)
-
-
-def stage_loads(
-    profile: CostProfile, num_steps: int, num_stages: int, colocate_codec: bool, weights: Sequence[float] | None
-) -> list[float]:
-    """Seconds of work per request on each actor of the chain, for the split the engine makes with `weights`.
-
-    Without colocation the chain is encoder, N denoise stages, decoder; with it, just the N stages.
-    """
-    ranges = partition_steps(num_steps, num_stages, weights)
-    true_costs = step_weights(profile, num_steps, colocate_codec)  # what each step really costs its stage
-    loads = stage_costs(ranges, true_costs)
-    return loads if colocate_codec else [profile.encode_s, *loads, profile.decode_s]
 
 
 def measure_profile(
