@@ -11,6 +11,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from svdpipe.config import LatencyMode
+from svdpipe.planner import Plan
+
+# The engine's load ledger adds and later subtracts each plan's expected seconds: float residue below this
+# is an idle actor.
+IDLE_S = 1e-9
 
 
 @dataclass(frozen=True)
@@ -62,7 +67,7 @@ def plan_cfg_split(
         candidates = [owners[(i + d) % n] for d in range(1, n)] + others
         candidates = [c for c in dict.fromkeys(candidates) if c != owners[i]]
         if mode == "auto":
-            candidates = [c for c in candidates if load[c] == 0]
+            candidates = [c for c in candidates if load[c] <= IDLE_S]
         helpers.append(candidates[0] if candidates else None)
     if not any(h is not None for h in helpers):
         return SplitPlan(unsplit, "auto: no idle actor to borrow")
@@ -73,3 +78,17 @@ def plan_cfg_split(
 def should_help(busy: bool, pending_stage_calls: int) -> bool:
     """A helper takes a half only when it is doing nothing else and nothing waits for it (run-time check)."""
     return not busy and pending_stage_calls == 0
+
+
+def split_work(plan: Plan, split: SplitPlan, step_s: float) -> tuple[float, ...]:
+    """The plan's expected seconds per actor once split: each helped stage moves half of its steps' cost (the
+    conditional half, a batch of one) from its owner to its helper."""
+    if len(split.helpers) != len(plan.stages):
+        raise ValueError(f"{len(split.helpers)} helpers for {len(plan.stages)} stages")
+    work = list(plan.work_s)
+    for stage, helper in zip(plan.stages, split.helpers, strict=True):
+        if helper is not None:
+            half = len(stage.steps) * step_s / 2
+            work[stage.actor] -= half
+            work[helper] += half
+    return tuple(work)

@@ -15,6 +15,7 @@ from svdpipe import parareal, stages
 from svdpipe.config import EngineConfig, ResolvedParams, VideoParams, resolve_params
 from svdpipe.models import SVDModel, load_model
 from svdpipe.partition import request_ranges
+from svdpipe.simulate import SimulatedCosts, install_stand_ins
 from svdpipe.state import RequestState
 
 logger = logging.getLogger(__name__)
@@ -36,6 +37,9 @@ class LocalPipeline:
     def __init__(self, config: EngineConfig, model: SVDModel | None = None) -> None:
         self.config = config
         self.model = model or load_model(config.model, config.dtype, config.device)
+        costs = SimulatedCosts.from_config(config)
+        if costs.any:
+            install_stand_ins(self.model, costs)
         if config.torch_threads:
             import torch
 
@@ -50,7 +54,6 @@ class LocalPipeline:
     ) -> VideoResult:
         resolved = resolve_params(params, self.model.spec, self.config.num_stages)
         request_id = request_id or uuid.uuid4().hex
-        simulate = self.config.simulate_step_ms / 1000 if self.config.simulate_step_ms is not None else None
         # 1. encode
         state = stages.encode(self.model, image, resolved, request_id)
         ranges = request_ranges(resolved.num_inference_steps, self.config.num_stages, self.config.step_weights)
@@ -59,7 +62,7 @@ class LocalPipeline:
             # 2. denoise by parareal over the stage blocks (the fine solves one after another here: the same
             # result as on the stage actors, none of the speed-up)
             state, stats = solve_parareal(
-                self.model, state, ranges, self.config.parareal_tol, self.config.parareal_max_iters, simulate
+                self.model, state, ranges, self.config.parareal_tol, self.config.parareal_max_iters
             )
             logger.info("request %s: parareal %s", request_id, stats)
         else:
@@ -71,7 +74,7 @@ class LocalPipeline:
                 )
             # 2. denoise, one step range per (virtual) stage
             for steps in ranges:
-                state = stages.denoise(self.model, state, steps, on_step, simulate)
+                state = stages.denoise(self.model, state, steps, on_step)
         # 3. decode
         return VideoResult(request_id, stages.decode(self.model, state), resolved, stats)
 
@@ -82,15 +85,14 @@ def solve_parareal(
     blocks: Sequence[range],
     tol: float = 0.0,
     max_iters: int | None = None,
-    simulate_step_s: float | None = None,
 ) -> tuple[RequestState, parareal.PararealStats]:
     """Denoise `state` (at step 0) over `blocks` by parareal, every solve in this process."""
 
     async def fine(n: int, latents):
-        return stages.denoise(model, state.advanced(latents, blocks[n].start), blocks[n], None, simulate_step_s).latents
+        return stages.denoise(model, state.advanced(latents, blocks[n].start), blocks[n]).latents
 
     async def coarse(n: int, latents):
-        return stages.coarse_step(model, state.advanced(latents, blocks[n].start), blocks[n], simulate_step_s).latents
+        return stages.coarse_step(model, state.advanced(latents, blocks[n].start), blocks[n]).latents
 
     latents, stats = asyncio.run(parareal.parareal(state.latents, blocks, fine, coarse, tol, max_iters))
     return state.advanced(latents, blocks[-1].stop), stats

@@ -6,7 +6,10 @@ import os
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from svdpipe.config import EngineConfig
+from svdpipe.config import EngineConfig, LatencyMode
+
+# A service splits CFG halves onto idle actors by default: it costs nothing under load (latency.plan_cfg_split).
+SERVICE_LATENCY_MODE: LatencyMode = "auto"
 
 
 class ServiceConfig(BaseModel):
@@ -15,7 +18,10 @@ class ServiceConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    engine: EngineConfig = Field(default_factory=EngineConfig, description="The stage pipeline behind the API.")
+    engine: EngineConfig = Field(
+        default_factory=lambda: EngineConfig(latency_mode=SERVICE_LATENCY_MODE),
+        description="The model actors behind the API (latency_mode defaults to 'auto' here).",
+    )
     data_dir: str = Field("./svdpipe-data", min_length=1, description="Job records (SQLite) and video files.")
     max_queue: int = Field(64, ge=0, le=100_000, description="Jobs waiting beyond those in flight; past it 429.")
     max_upload_bytes: int = Field(20 * 2**20, ge=1024, description="Largest accepted request body.")

@@ -232,11 +232,17 @@ class JobManager:
             return  # deleted or cancelled while running
         try:
             self.store.put_content(job_id, result.video.data)
+            # How the job ran (nothing of it changes the frames beyond fp32 rounding): kept with its parameters.
+            ran = {"latency_mode": self.engine.config.latency_mode, "cfg_split": result.split}
+            if result.parareal is not None:
+                ran["parareal_iterations"] = result.parareal.iterations
+            self.store.update(job_id, parameters={**record.parameters, **ran})
         except KeyError:
             return  # deleted while running
         self._completions.append(time.time())
         self._finish(job_id, "completed", None)
         self.metrics.job_completed(time.time() - record.created_at, result.timings)
+        self.metrics.latency_mode(result.split, sum(t.helper_s for t in result.video.trace))
 
     def _finish(self, job_id: str, status: str, error: str | None) -> JobRecord | None:
         """Move a job to a terminal status, once: the first terminal status wins."""

@@ -55,7 +55,7 @@ def test_halves_match_the_batch_of_two(tiny_model, image):
     halves = [stages.predict_half(tiny_model, state, state.latents, 1, h) for h in (0, 1)]
     timesteps = torch.tensor(state.timesteps, dtype=torch.float32)
     with torch.no_grad():
-        both = stages._predict(tiny_model, state, torch.cat([state.latents] * 2), 1, timesteps, slice(None), None)
+        both = stages._predict(tiny_model, state, torch.cat([state.latents] * 2), 1, timesteps, slice(None))
     assert halves[0].shape == (1, *both.shape[1:])
     for h in (0, 1):
         assert float((both[h : h + 1] - halves[h]).abs().max()) <= 1e-5
@@ -78,17 +78,21 @@ def test_split_needs_guidance(tiny_model, image):
         stages.predict_half(tiny_model, state, state.latents, 0, 1)
 
 
-def test_simulated_half_costs_half_a_step(tiny_model, image, monkeypatch):
-    params = resolve_params(VideoParams(num_inference_steps=2, seed=0), tiny_model.spec)
-    state = stages.encode(tiny_model, image, params)
+def test_simulated_half_costs_half_a_step(image, monkeypatch):
+    """With the stand-in UNet a split step's halves each wait half of a full step (a batch of one)."""
+    from svdpipe import simulate
+    from svdpipe.models import load_model
+
+    model = load_model("tiny", "fp32", "cpu")
+    simulate.install_stand_ins(model, simulate.SimulatedCosts(step_s=0.02))
+    params = resolve_params(VideoParams(num_inference_steps=2, seed=0), model.spec)
+    state = stages.encode(model, image, params)
     waits: list[float] = []
-    monkeypatch.setattr(stages.time, "sleep", waits.append)
-    stages.denoise_split(
-        tiny_model, state, range(0, 2), lambda latents, i: lambda: torch.zeros_like(latents), simulate_step_s=0.02
-    )
-    stages.predict_half(tiny_model, state, state.latents, 0, 1, simulate_step_s=0.02)
-    stages.denoise(tiny_model, state, range(0, 1), simulate_step_s=0.02)
-    assert waits == [0.01, 0.01, 0.01, 0.02]
+    monkeypatch.setattr(simulate.time, "sleep", waits.append)
+    stages.denoise_split(model, state, range(0, 2), lambda latents, i: lambda: None)  # helper declines
+    stages.predict_half(model, state, state.latents, 0, 1)
+    stages.denoise(model, state, range(0, 1))
+    assert waits == [0.01] * 5 + [0.02]
 
 
 def test_coarse_step_over_one_step_is_the_step(tiny_model, image):

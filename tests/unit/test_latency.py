@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from svdpipe.latency import plan_cfg_split, should_help
+from svdpipe.latency import plan_cfg_split, should_help, split_work
+from svdpipe.planner import CostModel, Planner, RequestShape
 
 
 def chain(load):
@@ -95,3 +96,22 @@ def test_data_parallel_request_borrows_any_idle_actor():
 def test_owner_outside_the_actors_is_an_error():
     with pytest.raises(ValueError, match="outside"):
         plan_cfg_split("auto", True, [0, 4], [0.0, 0.0])
+
+
+def test_ledger_residue_counts_as_idle():
+    load = [0.1 + 0.2 - 0.3, 0.0]  # what adding and removing a plan's seconds can leave behind
+    assert load[0] != 0
+    assert plan_cfg_split("auto", True, [1], load).helpers == (0,)
+
+
+def test_split_work_moves_half_of_each_helped_stage():
+    planner = Planner(3, 1, CostModel(encode_s=0.01, step_s=0.02, decode_frame_s=0.005))
+    plan = planner.plan("r", RequestShape(num_steps=9, num_frames=2, decode_chunk_size=2))
+    owners = [st.actor for st in plan.stages]
+    split = plan_cfg_split("cfg-split", True, owners, [0.0, 0.0, 0.0])
+    work = split_work(plan, split, 0.02)
+    assert sum(work) == pytest.approx(sum(plan.work_s))
+    for stage, helper in zip(plan.stages, split.helpers, strict=True):
+        assert helper is not None and helper != stage.actor
+    unsplit = plan_cfg_split("off", True, owners, [0.0, 0.0, 0.0])
+    assert split_work(plan, unsplit, 0.02) == plan.work_s
