@@ -185,9 +185,9 @@ def _serve(args: argparse.Namespace) -> int:
     import os
     import time
 
-    from svdpipe.service.config import ServiceConfig
+    from svdpipe.service.config import SERVICE_LATENCY_MODE, ServiceConfig
 
-    engine = model_from_args(EngineConfig, args)
+    engine = model_from_args(EngineConfig, args, latency_mode=args.latency_mode or SERVICE_LATENCY_MODE)
     config = model_from_args(ServiceConfig, args, engine=engine)
     # Ray workers do not share this shell's working directory: make the data directory absolute.
     config = config.model_copy(update={"data_dir": os.path.abspath(config.data_dir)})

@@ -15,6 +15,9 @@ Dtype = Literal["fp32", "fp16", "bf16"]
 Transport = Literal["auto", "nccl", "cuda_ipc", "gloo", "object_store"]
 PlacementStrategy = Literal["STRICT_PACK", "PACK", "SPREAD", "STRICT_SPREAD"]
 OutputFormat = Literal["mp4", "webm", "gif", "npy"]
+LatencyMode = Literal["off", "cfg-split", "auto", "parareal"]
+# pipeline: each request's steps are split over every model actor; data-parallel: one actor runs it whole.
+Parallelism = Literal["pipeline", "data-parallel"]
 
 
 class VideoParams(BaseModel):
@@ -63,16 +66,19 @@ class EngineConfig(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="Where stages run; 'auto' is cuda when the actor has a GPU, else cpu."
     )
-    num_stages: int = Field(3, ge=1, le=64, description="Denoise stages (actors), each owning a step range.")
+    num_stages: int = Field(
+        3, ge=1, le=64, description="Model actors (each holds UNet, VAE and CLIP); a pipeline splits steps over all."
+    )
+    parallelism: Parallelism = Field(
+        "pipeline", description="Split each request's steps over the actors, or run each request on one actor."
+    )
+    num_mux_actors: int = Field(1, ge=1, le=64, description="CPU-only actors that write the video files.")
     transport: Transport = Field("auto", description="How latents move between stages.")
     num_gpus_per_actor: float = Field(
         0.0, ge=0.0, le=8.0, description="GPUs per actor: 1, a fraction to share a GPU, 0 for CPU actors."
     )
     num_cpus_per_actor: float = Field(0.1, gt=0.0, le=64.0, description="CPUs reserved per actor.")
     placement_strategy: PlacementStrategy = Field("STRICT_PACK", description="Placement-group strategy.")
-    colocate_codec: bool = Field(
-        False, description="Run the encoder in the first denoise actor and the decoder in the last."
-    )
     max_inflight: int = Field(16, ge=1, le=4096, description="Requests admitted into the pipeline at once.")
     request_timeout_s: float = Field(600.0, gt=0.0, description="Per-request limit, from admission.")
     max_retries: int = Field(1, ge=0, le=5, description="Restarts from the first stage after a stage failure.")
@@ -80,7 +86,27 @@ class EngineConfig(BaseModel):
         None, description="Relative per-step costs for balancing step ranges (None: equal)."
     )
     simulate_step_ms: float | None = Field(
-        None, ge=0.0, description="Replace each UNet call by a CPU-free wait of this length (benchmarks)."
+        None,
+        ge=0.0,
+        le=600_000.0,
+        description="Benchmarks: a stand-in UNet waits this long per call on a guidance batch of two (half for one).",
+    )
+    simulate_encode_ms: float | None = Field(
+        None, ge=0.0, le=600_000.0, description="Benchmarks: stand-in CLIP + VAE encode that waits this long."
+    )
+    simulate_decode_frame_ms: float | None = Field(
+        None, ge=0.0, le=600_000.0, description="Benchmarks: stand-in VAE decode that waits this long per frame."
+    )
+    latency_mode: LatencyMode = Field(
+        "off",
+        description="Single-request speed-up: 'cfg-split' runs each step's guidance halves on two actors, "
+        "'auto' does so only while actors are idle, 'parareal' solves the stage blocks in parallel (opt-in).",
+    )
+    parareal_tol: float = Field(
+        0.0, ge=0.0, le=100.0, description="Parareal stops once the final latents change by at most this (0: exact)."
+    )
+    parareal_max_iters: int | None = Field(
+        None, ge=1, le=64, description="Parareal iteration cap (None: the number of stages, where it is exact)."
     )
     torch_threads: int | None = Field(
         None, ge=1, le=256, description="torch intra-op threads per actor (None: torch's default)."

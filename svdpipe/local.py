@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import PIL.Image
 
-from svdpipe import stages
+from svdpipe import parareal, stages
 from svdpipe.config import EngineConfig, ResolvedParams, VideoParams, resolve_params
 from svdpipe.models import SVDModel, load_model
 from svdpipe.partition import request_ranges
+from svdpipe.simulate import SimulatedCosts, install_stand_ins
+from svdpipe.state import RequestState
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -22,6 +28,7 @@ class VideoResult:
     request_id: str
     frames: np.ndarray
     params: ResolvedParams
+    parareal: parareal.PararealStats | None = None  # set when the request was solved by parareal
 
 
 class LocalPipeline:
@@ -30,6 +37,9 @@ class LocalPipeline:
     def __init__(self, config: EngineConfig, model: SVDModel | None = None) -> None:
         self.config = config
         self.model = model or load_model(config.model, config.dtype, config.device)
+        costs = SimulatedCosts.from_config(config)
+        if costs.any:
+            install_stand_ins(self.model, costs)
         if config.torch_threads:
             import torch
 
@@ -44,11 +54,45 @@ class LocalPipeline:
     ) -> VideoResult:
         resolved = resolve_params(params, self.model.spec, self.config.num_stages)
         request_id = request_id or uuid.uuid4().hex
-        simulate = self.config.simulate_step_ms / 1000 if self.config.simulate_step_ms is not None else None
         # 1. encode
         state = stages.encode(self.model, image, resolved, request_id)
-        # 2. denoise, one step range per (virtual) stage
-        for steps in request_ranges(resolved.num_inference_steps, self.config.num_stages, self.config.step_weights):
-            state = stages.denoise(self.model, state, steps, on_step, simulate)
+        ranges = request_ranges(resolved.num_inference_steps, self.config.num_stages, self.config.step_weights)
+        stats = None
+        if self.config.latency_mode == "parareal":
+            # 2. denoise by parareal over the stage blocks (the fine solves one after another here: the same
+            # result as on the stage actors, none of the speed-up)
+            state, stats = solve_parareal(
+                self.model, state, ranges, self.config.parareal_tol, self.config.parareal_max_iters
+            )
+            logger.info("request %s: parareal %s", request_id, stats)
+        else:
+            if self.config.latency_mode != "off":
+                logger.info(
+                    "request %s: one process has no second actor, so latency_mode %s runs unsplit",
+                    request_id,
+                    self.config.latency_mode,
+                )
+            # 2. denoise, one step range per (virtual) stage
+            for steps in ranges:
+                state = stages.denoise(self.model, state, steps, on_step)
         # 3. decode
-        return VideoResult(request_id, stages.decode(self.model, state), resolved)
+        return VideoResult(request_id, stages.decode(self.model, state), resolved, stats)
+
+
+def solve_parareal(
+    model: SVDModel,
+    state: RequestState,
+    blocks: Sequence[range],
+    tol: float = 0.0,
+    max_iters: int | None = None,
+) -> tuple[RequestState, parareal.PararealStats]:
+    """Denoise `state` (at step 0) over `blocks` by parareal, every solve in this process."""
+
+    async def fine(n: int, latents):
+        return stages.denoise(model, state.advanced(latents, blocks[n].start), blocks[n]).latents
+
+    async def coarse(n: int, latents):
+        return stages.coarse_step(model, state.advanced(latents, blocks[n].start), blocks[n]).latents
+
+    latents, stats = asyncio.run(parareal.parareal(state.latents, blocks, fine, coarse, tol, max_iters))
+    return state.advanced(latents, blocks[-1].stop), stats

@@ -56,6 +56,9 @@ class SVDModel:
     spec: ModelSpec
     device: torch.device
     dtype: torch.dtype
+    # An fp32 copy of the VAE for encoding when the VAE runs in fp16 but must upcast to encode (force_upcast,
+    # as SVD's does); None: encode with pipe.vae. A copy, so no request ever changes the shared VAE's dtype.
+    encode_vae: Any = None
 
 
 def torch_dtype(name: str) -> torch.dtype:
@@ -76,6 +79,8 @@ def resolve_device(device: str) -> torch.device:
 
 def load_model(model: str, dtype: str = "fp32", device: str = "auto", parts: Collection[Part] = ALL_PARTS) -> SVDModel:
     """Load `model` ('tiny', 'random-full[-xt]', a directory or a hub id) with only the given parts."""
+    import torch
+
     dev, dt = resolve_device(device), torch_dtype(dtype)
     needed = {c for p in parts for c in _COMPONENTS[p]}
     source = model_source(model)
@@ -90,7 +95,12 @@ def load_model(model: str, dtype: str = "fp32", device: str = "auto", parts: Col
     pipe.to(device=dev, dtype=dt)
     if pipe.unet is not None:
         pipe.unet.eval()
-    return SVDModel(pipe=pipe, unet_config=unet_config, spec=spec, device=dev, dtype=dt)
+    encode_vae = None
+    if "encoder" in parts and pipe.vae is not None and dt == torch.float16 and pipe.vae.config.force_upcast:
+        import copy
+
+        encode_vae = copy.deepcopy(pipe.vae).to(dtype=torch.float32)
+    return SVDModel(pipe=pipe, unet_config=unet_config, spec=spec, device=dev, dtype=dt, encode_vae=encode_vae)
 
 
 def model_source(model: str) -> Literal["built-in", "directory", "hub"]:

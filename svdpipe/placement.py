@@ -1,4 +1,4 @@
-"""Pure decisions about the actor layout: which actors exist, what each does, which transport links them."""
+"""Pure decisions about the actor layout: which actors exist, what each holds, which transport links them."""
 
 from __future__ import annotations
 
@@ -8,62 +8,45 @@ from typing import Literal
 from svdpipe.config import EngineConfig
 from svdpipe.errors import ConfigError
 
-Role = Literal["encoder", "denoise", "decoder"]
+Role = Literal["model", "mux"]
 ConcreteTransport = Literal["nccl", "cuda_ipc", "gloo", "object_store"]
 
 
 @dataclass(frozen=True)
 class ActorSpec:
-    """One stage actor: its dashboard name and which phases it runs."""
+    """One actor: its dashboard name, its role and its index among the actors of that role."""
 
     name: str
     role: Role
-    index: int  # position in the chain
-    encodes: bool
-    denoise_stage: int | None  # which of the N step ranges it owns, if any
-    decodes: bool
+    index: int
 
     @property
     def parts(self) -> tuple[str, ...]:
-        """The model parts (see models.load_model) this actor must hold."""
-        parts = []
-        if self.encodes:
-            parts.append("encoder")
-        if self.denoise_stage is not None:
-            parts.append("unet")
-        if self.decodes:
-            parts.append("decoder")
-        return tuple(parts)
+        """The model parts (see models.load_model) this actor holds: all of them, or none for a mux actor."""
+        return ("encoder", "unet", "decoder") if self.role == "model" else ()
 
 
 def actor_layout(config: EngineConfig) -> list[ActorSpec]:
-    """The chain of actors, first to last: encoder, N denoise stages, decoder (or colocated)."""
-    n, prefix = config.num_stages, config.name_prefix
-    specs: list[ActorSpec] = []
-    if not config.colocate_codec:
-        specs.append(ActorSpec(f"{prefix}-encoder-0", "encoder", 0, True, None, False))
-    for i in range(n):
-        specs.append(
-            ActorSpec(
-                f"{prefix}-denoise-{i}",
-                "denoise",
-                len(specs),
-                encodes=config.colocate_codec and i == 0,
-                denoise_stage=i,
-                decodes=config.colocate_codec and i == n - 1,
-            )
-        )
-    if not config.colocate_codec:
-        specs.append(ActorSpec(f"{prefix}-decoder-0", "decoder", len(specs), False, None, True))
-    return specs
+    """The model actors: N of them, each holding UNet, VAE and CLIP (one GPU each in the reference deployment).
+
+    There are no dedicated encoder or decoder actors: the planner spreads each request's encode and decode
+    over the model actors, so no GPU sits idle waiting for codec work or holds up the chain with it.
+    """
+    return [ActorSpec(f"{config.name_prefix}-model-{i}", "model", i) for i in range(config.num_stages)]
+
+
+def mux_layout(config: EngineConfig) -> list[ActorSpec]:
+    """The CPU-only actors that write video files."""
+    return [ActorSpec(f"{config.name_prefix}-mux-{i}", "mux", i) for i in range(config.num_mux_actors)]
 
 
 def bundles(config: EngineConfig) -> list[dict[str, float]]:
-    """One placement-group bundle per actor."""
+    """One placement-group bundle per actor: the model actors' first (with their GPUs), then the mux actors'."""
     bundle = {"CPU": config.num_cpus_per_actor}
     if config.num_gpus_per_actor > 0:
         bundle["GPU"] = config.num_gpus_per_actor
-    return [dict(bundle) for _ in actor_layout(config)]
+    mux = {"CPU": config.num_cpus_per_actor}
+    return [dict(bundle) for _ in actor_layout(config)] + [dict(mux) for _ in mux_layout(config)]
 
 
 def choose_transport(config: EngineConfig, gpus_available: float | None = None) -> ConcreteTransport:

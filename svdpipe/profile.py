@@ -1,9 +1,7 @@
-"""Cost profiles: what encode, one denoising step and decode cost, and the step weights that balance them.
+"""Cost profiles: what encode, one denoising step and decode cost (for the bench's ideal and projection).
 
-A profile is measured once at start (`measure_profile`, in-process on the same model and shapes the stages
-use) or read from a JSON file saved earlier. `step_weights` turns it into EngineConfig.step_weights, so
-partition_steps balances the stages by cost rather than by step count: with `colocate_codec` the first
-denoise stage also encodes and the last also decodes, so their ranges should hold fewer steps.
+A profile is measured in-process on the same model and shapes the actors use (`measure_profile`) or read from
+a JSON file saved earlier. The engine's planner gets its costs from the actors' own warm-up measurements.
 """
 
 from __future__ import annotations
@@ -11,12 +9,10 @@ from __future__ import annotations
 import json
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-from svdpipe.partition import partition_steps, stage_costs
 
 if TYPE_CHECKING:
     from svdpipe.config import OutputFormat, ResolvedParams
@@ -75,48 +71,18 @@ class CostProfile:
         return cls.from_json(data)
 
 
-def step_weights(profile: CostProfile, num_steps: int, colocate_codec: bool) -> tuple[float, ...]:
-    """Per-step weights (seconds) for EngineConfig.step_weights.
-
-    Every step weighs the profile's median step cost (the steps are identical work; measured differences are
-    noise that could move a cut). With `colocate_codec` the encode cost is added to step 0 and the decode
-    cost to the last step, because the stage owning step 0 also encodes and the one owning the last step also
-    decodes: partition_steps then gives those stages fewer steps. Without colocation the encoder and decoder
-    are stages of their own and the weights are equal (the same split as by count).
-    """
-    if num_steps < 1:
-        raise ValueError(f"num_steps must be at least 1, got {num_steps}")
-    weights = [profile.typical_step_s] * num_steps
-    if colocate_codec:
-        weights[0] += profile.encode_s
-        weights[-1] += profile.decode_s
-    return tuple(weights)
-
-
-def stage_loads(
-    profile: CostProfile, num_steps: int, num_stages: int, colocate_codec: bool, weights: Sequence[float] | None
-) -> list[float]:
-    """Seconds of work per request on each actor of the chain, for the split the engine makes with `weights`.
-
-    Without colocation the chain is encoder, N denoise stages, decoder; with it, just the N stages.
-    """
-    ranges = partition_steps(num_steps, num_stages, weights)
-    true_costs = step_weights(profile, num_steps, colocate_codec)  # what each step really costs its stage
-    loads = stage_costs(ranges, true_costs)
-    return loads if colocate_codec else [profile.encode_s, *loads, profile.decode_s]
-
-
 def measure_profile(
     model: SVDModel,
     image_png: bytes,
     params: ResolvedParams,
     output_format: OutputFormat = "npy",
-    simulate_step_s: float | None = None,
     repeats: int = 3,
 ) -> CostProfile:
     """Time each phase in this process as a stage runs it (median of `repeats` after one warm-up).
 
-    Encode includes decoding the PNG, decode includes writing the output file, as in the stage actors.
+    Encode includes decoding the PNG, decode includes writing the output file, as in the stage actors. A model
+    with stand-ins (svdpipe.simulate) profiles the simulated costs. On a GPU the clock is read only after the
+    device has finished the phase's kernels (they run asynchronously).
     """
     from svdpipe import stages
     from svdpipe.images import load_image
@@ -127,19 +93,20 @@ def measure_profile(
     encode_t: list[float] = []
     decode_t: list[float] = []
     step_t: list[list[float]] = [[] for _ in range(params.num_inference_steps)]
+    clock = device_clock(model.device)
     for rep in range(repeats + 1):  # the first round warms up (allocator, lazy inits) and is dropped
-        t0 = time.perf_counter()
+        t0 = clock()
         state = stages.encode(model, load_image(image_png), params, "profile", output_format)
-        t1 = time.perf_counter()
+        t1 = clock()
         for i in range(params.num_inference_steps):
-            s0 = time.perf_counter()
-            state = stages.denoise(model, state, range(i, i + 1), simulate_step_s=simulate_step_s)
+            s0 = clock()
+            state = stages.denoise(model, state, range(i, i + 1))
             if rep:
-                step_t[i].append(time.perf_counter() - s0)
-        t2 = time.perf_counter()
+                step_t[i].append(clock() - s0)
+        t2 = clock()
         frames = stages.decode(model, state)
         encode_video(frames, output_format, params.fps)
-        t3 = time.perf_counter()
+        t3 = clock()
         if rep:
             encode_t.append(t1 - t0)
             decode_t.append(t3 - t2)
@@ -152,7 +119,6 @@ def measure_profile(
         "output_format": output_format,
         "device": str(model.device),
         "dtype": str(model.dtype).removeprefix("torch."),
-        "simulate_step_ms": None if simulate_step_s is None else simulate_step_s * 1000,
         "repeats": repeats,
     }
     return CostProfile(
@@ -161,3 +127,17 @@ def measure_profile(
         decode_s=statistics.median(decode_t),
         conditions=conditions,
     )
+
+
+def device_clock(device: Any) -> Callable[[], float]:
+    """time.perf_counter, after waiting for the device's queued kernels when `device` is a GPU."""
+    import torch
+
+    if torch.device(device).type != "cuda":
+        return time.perf_counter
+
+    def clock() -> float:
+        torch.cuda.synchronize(device)
+        return time.perf_counter()
+
+    return clock

@@ -66,4 +66,9 @@ def guidance_scales(min_scale: float, max_scale: float, num_frames: int, batch: 
 def apply_guidance(noise_pred: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """Classifier-free guidance over a [uncond, cond] batch."""
     uncond, cond = noise_pred.chunk(2)
+    return guide(uncond, cond, scale)
+
+
+def guide(uncond: torch.Tensor, cond: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Classifier-free guidance from the two halves' predictions, computed apart (e.g. on two actors)."""
     return uncond + scale * (cond - uncond)

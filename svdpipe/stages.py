@@ -7,8 +7,8 @@ nothing in them is re-implemented. Denoising is sampler.py's pure math driven by
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
+from typing import Literal
 
 import numpy as np
 import PIL.Image
@@ -20,6 +20,10 @@ from svdpipe.models import SVDModel
 from svdpipe.state import RequestState
 
 StepCallback = Callable[[int], None]
+Half = Literal[0, 1]  # a guidance half: 0 unconditional, 1 conditional (the row order of the CFG batch)
+# Starts the conditional half's prediction for (latents, step) elsewhere and returns a function that waits for
+# it; the wait gives None when the helper declined (it had other work), and this process computes that half.
+HalfFuture = Callable[[torch.Tensor, int], Callable[[], torch.Tensor | None]]
 
 
 @torch.no_grad()
@@ -41,12 +45,7 @@ def encode(
     pixels = pipe.video_processor.preprocess(image, height=params.height, width=params.width).to(device)
     noise = randn_tensor(pixels.shape, generator=generator, device=device, dtype=pixels.dtype)
     pixels = pixels + params.noise_aug_strength * noise
-    needs_upcasting = pipe.vae.dtype == torch.float16 and pipe.vae.config.force_upcast
-    if needs_upcasting:
-        pipe.vae.to(dtype=torch.float32)
-    image_latents = pipe._encode_vae_image(pixels, device, 1, do_cfg).to(image_embeddings.dtype)
-    if needs_upcasting:
-        pipe.vae.to(dtype=torch.float16)
+    image_latents = _encode_vae_image(model, pixels, do_cfg).to(image_embeddings.dtype)
     image_latents = image_latents.unsqueeze(1).repeat(1, params.num_frames, 1, 1, 1)
 
     # 3. Micro-conditioning. SVD was trained on fps - 1, hence the shift (as in diffusers).
@@ -58,18 +57,20 @@ def encode(
         added_time_ids = torch.cat([added_time_ids, added_time_ids])
     added_time_ids = added_time_ids.to(device)
 
-    # 4. Schedule and initial latents: set_timesteps first, since init_noise_sigma depends on it.
-    pipe.scheduler.set_timesteps(params.num_inference_steps, device=device)
-    latents = pipe.prepare_latents(
+    # 4. Schedule and initial latents. A scheduler of this request's own, never the pipeline's shared one: an
+    # actor may hold several requests, and set_timesteps rewrites the scheduler. init_noise_sigma depends on the
+    # schedule, and diffusers' prepare_latents scales by it: randn x init_noise_sigma, drawn as diffusers does.
+    scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)
+    scheduler.set_timesteps(params.num_inference_steps, device=device)
+    shape = (
         1,
         params.num_frames,
-        model.unet_config["in_channels"],
-        params.height,
-        params.width,
-        image_embeddings.dtype,
-        device,
-        generator,
+        model.unet_config["in_channels"] // 2,
+        params.height // pipe.vae_scale_factor,
+        params.width // pipe.vae_scale_factor,
     )
+    latents = randn_tensor(shape, generator=generator, device=device, dtype=image_embeddings.dtype)
+    latents = latents * scheduler.init_noise_sigma
 
     # 5. Per-frame guidance, rising from the first frame to the last.
     guidance = sampler.guidance_scales(
@@ -84,11 +85,21 @@ def encode(
         image_embeddings=image_embeddings,
         added_time_ids=added_time_ids,
         guidance_scale=guidance,
-        sigmas=tuple(pipe.scheduler.sigmas.tolist()),
-        timesteps=tuple(pipe.scheduler.timesteps.tolist()),
-        prediction_type=pipe.scheduler.config.prediction_type,
+        sigmas=tuple(scheduler.sigmas.tolist()),
+        timesteps=tuple(scheduler.timesteps.tolist()),
+        prediction_type=scheduler.config.prediction_type,
         output_format=output_format,
     )
+
+
+def _encode_vae_image(model: SVDModel, pixels: torch.Tensor, do_cfg: bool) -> torch.Tensor:
+    """diffusers' _encode_vae_image, on the VAE copy kept for encoding (models.SVDModel.encode_vae): an fp16 VAE
+    that must upcast to encode is not cast back and forth in place, which would race with a decode."""
+    vae = model.encode_vae if model.encode_vae is not None else model.pipe.vae
+    latents = vae.encode(pixels.to(device=model.device, dtype=vae.dtype)).latent_dist.mode()
+    if do_cfg:
+        latents = torch.cat([torch.zeros_like(latents), latents])
+    return latents
 
 
 def _check_time_embedding(model: SVDModel, num_ids: int) -> None:
@@ -103,7 +114,6 @@ def denoise(
     state: RequestState,
     steps: range,
     on_step: StepCallback | None = None,
-    simulate_step_s: float | None = None,
 ) -> RequestState:
     """Run denoising steps [start, stop) on `state`, which must be at `start`; returns a fresh state."""
     if state.step != steps.start:
@@ -111,7 +121,6 @@ def denoise(
     if steps.stop > state.num_steps:
         raise RuntimeError(f"step range {steps} exceeds the request's {state.num_steps} steps")
     state = state.to(model.device)
-    unet = model.pipe.unet
     do_cfg = state.params.do_classifier_free_guidance
     latents = state.latents
     # float32 tensors from the exact float32 values: sigmas on the CPU and timesteps on the device, as in
@@ -119,22 +128,9 @@ def denoise(
     sigmas = torch.tensor(state.sigmas, dtype=torch.float32)
     timesteps = torch.tensor(state.timesteps, dtype=torch.float32, device=model.device)
     for i in steps:
-        sigma, t = sigmas[i], timesteps[i]
+        sigma = sigmas[i]
         model_input = torch.cat([latents] * 2) if do_cfg else latents
-        model_input = sampler.scale_model_input(model_input, sigma)
-        model_input = torch.cat([model_input, state.image_latents], dim=2)
-        if simulate_step_s is None:
-            noise_pred = unet(
-                model_input,
-                t,
-                encoder_hidden_states=state.image_embeddings,
-                added_time_ids=state.added_time_ids,
-                return_dict=False,
-            )[0]
-        else:
-            # Benchmark stand-in for the UNet: a wait that leaves the CPU free, as a GPU kernel would.
-            time.sleep(simulate_step_s)
-            noise_pred = torch.zeros_like(model_input[:, :, : latents.shape[2]])
+        noise_pred = _predict(model, state, model_input, i, timesteps, slice(None))
         if do_cfg:
             noise_pred = sampler.apply_guidance(noise_pred, state.guidance_scale)
         latents = sampler.euler_step(noise_pred, latents, sigma, sigmas[i + 1], state.prediction_type)
@@ -144,12 +140,122 @@ def denoise(
 
 
 @torch.no_grad()
-def decode(model: SVDModel, state: RequestState) -> np.ndarray:
-    """VAE-decode the final latents: float32 frames in [0, 1], shape (num_frames, H, W, 3)."""
+def predict_half(
+    model: SVDModel,
+    state: RequestState,
+    latents: torch.Tensor,
+    i: int,
+    half: Half,
+) -> torch.Tensor:
+    """One guidance half's noise prediction at step i: the UNet on a batch of one.
+
+    Under CFG the conditioning tensors are stacked [uncond, cond]; row `half` of each is this half's. (The
+    stand-in UNet of simulate.py waits in proportion to the batch, so a simulated half costs half a step.)
+    """
+    if not state.params.do_classifier_free_guidance:
+        raise RuntimeError(f"request {state.request_id} has no guidance halves (max_guidance_scale <= 1)")
+    state = state.to(model.device)
+    timesteps = torch.tensor(state.timesteps, dtype=torch.float32, device=model.device)
+    return _predict(model, state, latents.to(model.device), i, timesteps, slice(half, half + 1))
+
+
+@torch.no_grad()
+def denoise_split(
+    model: SVDModel,
+    state: RequestState,
+    steps: range,
+    other_half: HalfFuture,
+    on_step: StepCallback | None = None,
+) -> RequestState:
+    """denoise() with each step's conditional half computed elsewhere (`other_half`) while this process
+    computes the unconditional one; the halves meet in the same guidance and Euler arithmetic.
+
+    Only the UNet's batch changes (two calls of one instead of one of two), so the result equals denoise()'s
+    up to the UNet's batch-size rounding (on CPU fp32 about 2e-7 per call on the tiny model).
+    """
+    if not state.params.do_classifier_free_guidance:
+        raise RuntimeError(f"request {state.request_id} has no guidance halves to split (max_guidance_scale <= 1)")
+    if state.step != steps.start:
+        raise RuntimeError(f"request {state.request_id} is at step {state.step}, stage expects {steps.start}")
+    if steps.stop > state.num_steps:
+        raise RuntimeError(f"step range {steps} exceeds the request's {state.num_steps} steps")
+    state = state.to(model.device)
+    latents = state.latents
+    sigmas = torch.tensor(state.sigmas, dtype=torch.float32)
+    timesteps = torch.tensor(state.timesteps, dtype=torch.float32, device=model.device)
+    for i in steps:
+        # 1. the helper starts on the conditional half before this process starts on its own
+        wait_cond = other_half(latents, i)
+        uncond = _predict(model, state, latents, i, timesteps, slice(0, 1))
+        cond = wait_cond()
+        if cond is None:  # the same batch-of-one call here, so the result does not depend on who computed it
+            cond = _predict(model, state, latents, i, timesteps, slice(1, 2))
+        cond = cond.to(uncond.device)
+        # 2. the same guidance and Euler update as the unsplit path
+        noise_pred = sampler.guide(uncond, cond, state.guidance_scale)
+        latents = sampler.euler_step(noise_pred, latents, sigmas[i], sigmas[i + 1], state.prediction_type)
+        if on_step is not None:
+            on_step(i)
+    return state.advanced(latents, steps.stop)
+
+
+@torch.no_grad()
+def coarse_step(model: SVDModel, state: RequestState, steps: range) -> RequestState:
+    """Parareal's coarse solver: one Euler step across the whole range, from sigma[start] to sigma[stop],
+    with the UNet evaluated once at the range's first step (guidance as in denoise())."""
+    if state.step != steps.start:
+        raise RuntimeError(f"request {state.request_id} is at step {state.step}, coarse step expects {steps.start}")
+    if steps.stop > state.num_steps or len(steps) < 1:
+        raise RuntimeError(f"step range {steps} is not a non-empty part of the request's {state.num_steps} steps")
+    state = state.to(model.device)
+    do_cfg = state.params.do_classifier_free_guidance
+    sigmas = torch.tensor(state.sigmas, dtype=torch.float32)
+    timesteps = torch.tensor(state.timesteps, dtype=torch.float32, device=model.device)
+    i = steps.start
+    model_input = torch.cat([state.latents] * 2) if do_cfg else state.latents
+    noise_pred = _predict(model, state, model_input, i, timesteps, slice(None))
+    if do_cfg:
+        noise_pred = sampler.apply_guidance(noise_pred, state.guidance_scale)
+    latents = sampler.euler_step(noise_pred, state.latents, sigmas[i], sigmas[steps.stop], state.prediction_type)
+    return state.advanced(latents, steps.stop)
+
+
+def _predict(
+    model: SVDModel,
+    state: RequestState,
+    latents: torch.Tensor,
+    i: int,
+    timesteps: torch.Tensor,
+    rows: slice,
+) -> torch.Tensor:
+    """The UNet's noise prediction at step i for `latents` (the batch rows `rows` of the conditioning)."""
+    sigma = torch.tensor(state.sigmas[i], dtype=torch.float32)
+    model_input = sampler.scale_model_input(latents, sigma)
+    model_input = torch.cat([model_input, state.image_latents[rows]], dim=2)
+    return model.pipe.unet(
+        model_input,
+        timesteps[i],
+        encoder_hidden_states=state.image_embeddings[rows],
+        added_time_ids=state.added_time_ids[rows],
+        return_dict=False,
+    )[0]
+
+
+@torch.no_grad()
+def decode(model: SVDModel, state: RequestState, frames: tuple[int, int] | None = None) -> np.ndarray:
+    """VAE-decode the final latents: float32 frames in [0, 1], shape (num_frames, H, W, 3).
+
+    `frames` = (start, stop) decodes only those frames. It must be one of diffusers' decode chunks (or a run of
+    them): decode_latents decodes each chunk on its own and post-processing is per pixel, so the pieces equal the
+    corresponding frames of the whole.
+    """
     if not state.done:
         raise RuntimeError(f"request {state.request_id} decoded at step {state.step} of {state.num_steps}")
     pipe, p = model.pipe, state.params
-    latents = state.latents.to(model.device)
-    frames = pipe.decode_latents(latents, p.num_frames, p.decode_chunk_size)
-    frames = pipe.video_processor.postprocess_video(video=frames, output_type="np")
-    return np.ascontiguousarray(frames[0], dtype=np.float32)
+    start, stop = frames if frames is not None else (0, p.num_frames)
+    if start % p.decode_chunk_size or (stop % p.decode_chunk_size and stop != p.num_frames) or not start < stop:
+        raise ValueError(f"frames [{start}, {stop}) are not whole decode chunks of {p.decode_chunk_size}")
+    latents = state.latents[:, start:stop].to(model.device)
+    out = pipe.decode_latents(latents, stop - start, p.decode_chunk_size)
+    out = pipe.video_processor.postprocess_video(video=out, output_type="np")
+    return np.ascontiguousarray(out[0], dtype=np.float32)

@@ -1,4 +1,4 @@
-"""The hand-off object: one request's whole state as it moves encoder -> denoise stages -> decoder."""
+"""The hand-off object: one request's whole state as it moves from the encoding actor through the step ranges."""
 
 from __future__ import annotations
 
@@ -21,7 +21,11 @@ class StageTrace:
     finished: float
     idle_since: float  # when this stage finished its previous task (before `started` means it waited)
     steps: int = 0
-    codec_s: float = 0.0  # of the work, time spent encoding or decoding (colocated stages)
+    codec_s: float = 0.0  # of the work, time spent encoding, decoding or muxing
+    parallel: bool = False  # started from the same input as the entry before it (decode chunks on several actors)
+    split_steps: int = 0  # steps whose conditional half a helper actor computed (CFG split)
+    helper_s: float = 0.0  # the helper's compute time for those halves
+    exchange_s: float = 0.0  # round trips to the helper minus its compute: the cost of the exchange
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ class HopTiming:
     queue_ms: float  # the input was ready but the stage was busy with another request
     work_ms: float  # the stage's own compute on this request
     steps: int
-    codec_ms: float = 0.0  # part of work_ms spent encoding/decoding (colocated first/last stage)
+    codec_ms: float = 0.0  # part of work_ms spent encoding, decoding or muxing
 
     @property
     def step_ms(self) -> float:
@@ -30,12 +30,18 @@ class HopTiming:
 def hop_timings(trace: Sequence[StageTrace], submitted: float) -> list[HopTiming]:
     """Split each stage's wait into hop (transport/dispatch) and queue (stage busy) time.
 
-    The first stage's input is ready at `submitted`; stage i's input is ready when stage i-1 finished.
-    A stage that was still busy (idle_since > ready) queued the request for that long.
+    The first stage's input is ready at `submitted`; stage i's input is ready when stage i-1 finished. Entries
+    marked `parallel` started from the same input as the entry before them (decode chunks on several actors),
+    and the entry after such a group waits for all of it. A stage that was still busy (idle_since > ready)
+    queued the request for that long.
     """
     out = []
-    ready = submitted
+    ready = group_done = submitted
     for entry in trace:
+        if entry.parallel:
+            group_done = max(group_done, entry.finished)
+        else:
+            ready, group_done = group_done, entry.finished
         free = max(ready, entry.idle_since)
         out.append(
             HopTiming(
@@ -47,7 +53,6 @@ def hop_timings(trace: Sequence[StageTrace], submitted: float) -> list[HopTiming
                 codec_ms=entry.codec_s * 1000,
             )
         )
-        ready = entry.finished
     return out
 
 

@@ -28,21 +28,27 @@ def format_from_path(path: str | Path) -> OutputFormat:
 
 
 def to_uint8(frames: np.ndarray) -> np.ndarray:
+    """As diffusers' numpy_to_pil rounds its float frames: (x * 255).round(), here clipped for safety."""
     return np.clip(np.rint(frames * 255.0), 0, 255).astype(np.uint8)
 
 
 def encode_video(frames: np.ndarray, fmt: OutputFormat, fps: int = 7) -> bytes:
-    """Frames (F, H, W, 3), float in [0, 1], as the bytes of a file of format `fmt`."""
+    """Frames (F, H, W, 3), float in [0, 1] or already uint8 (to_uint8's rounding), as the bytes of a file of
+    format `fmt`; .npy keeps the float frames, so it needs them."""
     if frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f"expected frames of shape (F, H, W, 3), got {frames.shape}")
     buf = io.BytesIO()
     if fmt == "npy":
+        if frames.dtype == np.uint8:
+            raise ValueError(".npy output holds the float frames; got uint8 frames")
         np.save(buf, frames.astype(np.float32))
-    elif fmt == "gif":
-        images = [_pil(f) for f in to_uint8(frames)]
+        return buf.getvalue()
+    pixels = frames if frames.dtype == np.uint8 else to_uint8(frames)
+    if fmt == "gif":
+        images = [_pil(f) for f in pixels]
         images[0].save(buf, format="GIF", save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0)
     else:
-        _encode_av(to_uint8(frames), fmt, fps, buf)
+        _encode_av(pixels, fmt, fps, buf)
     return buf.getvalue()
 
 

@@ -1,45 +1,71 @@
-"""What one stage actor does, as a plain class (no Ray import): the engine wraps it with ray.remote.
+"""What the actors do, as plain classes (no Ray import): the engine wraps them with ray.remote.
 
-An actor runs its phases of the chain on each item it gets: encode (an EncodeRequest in), denoise its step
-range, decode (an EncodedVideo out). It records when it worked so the engine can tell hop time (transport)
-from queue time (the stage was busy with another request).
+A ModelWorker holds the UNet, the VAE and CLIP and runs whatever phases a plan's call gives it (encode, a step
+range, decode chunks); a MuxWorker (CPU only) writes the decoded frames into the video file, so no GPU actor
+ever waits on ffmpeg. Both record when they worked so the engine can tell hop time (transport) from queue time
+(the actor was busy with another request).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
+import statistics
 import threading
 import time
 import warnings
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from svdpipe.config import EngineConfig, OutputFormat, ResolvedParams
 from svdpipe.placement import ActorSpec
+from svdpipe.planner import ActorCall
 from svdpipe.state import RequestState, StageTrace
 
 if TYPE_CHECKING:
+    import torch
+
     from svdpipe.engine.progress import StepReporter
 
 logger = logging.getLogger(__name__)
+_MAX_HELPED = 8  # conditioning kept for ranges this actor helps with (an owner that died never says `last`)
 
 
 @dataclass(frozen=True)
 class EncodeRequest:
-    """What the first actor of the chain receives."""
+    """What the first call of a plan receives."""
 
     request_id: str
-    image_png: bytes  # the (already validated) input image, re-opened by the encoder
+    image_png: bytes  # the (already validated) input image, re-opened by the encoding actor
     params: ResolvedParams
     output_format: OutputFormat
-    submitted: float  # time.time() when the engine submitted the chain
+    submitted: float  # time.time() when the engine submitted the plan
+
+
+@dataclass(frozen=True)
+class DecodedFrames:
+    """Decoded frame chunks of one request, on their way to a mux actor.
+
+    uint8 for video formats (what diffusers' own PIL/video output rounds to), float32 for .npy, which must equal
+    diffusers' float frames.
+    """
+
+    request_id: str
+    chunks: tuple[tuple[int, np.ndarray], ...]  # (first frame index, frames (n, H, W, 3))
+    output_format: OutputFormat
+    fps: int
+    num_frames: int
+    chain: tuple[StageTrace, ...]  # the trace of the calls before this one
+    entry: StageTrace  # this call
 
 
 @dataclass(frozen=True)
 class EncodedVideo:
-    """What the last actor returns: the finished video file plus the request's stage trace."""
+    """What the mux actor returns: the finished video file plus the request's trace."""
 
     request_id: str
     data: bytes
@@ -48,8 +74,25 @@ class EncodedVideo:
     trace: tuple[StageTrace, ...]
 
 
-class StageWorker:
-    """One actor's model parts and its phases of the chain."""
+@dataclass(frozen=True)
+class PhaseCosts:
+    """Seconds one actor measured for each phase (for the planner's cost model)."""
+
+    encode_s: float
+    step_s: float
+    decode_frame_s: float
+
+
+def _quiet_zero_copy_warnings() -> None:
+    with contextlib.suppress(ImportError):  # inputs are read-only views on the object store: expected
+        from ray._private.tensor_serialization_utils import ZeroCopyTensorsWarning
+
+        warnings.filterwarnings("ignore", category=ZeroCopyTensorsWarning)
+    warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
+
+
+class ModelWorker:
+    """One model actor: UNet + VAE + CLIP, running the phases of each call it gets."""
 
     def __init__(
         self,
@@ -63,24 +106,25 @@ class StageWorker:
         import torch
 
         from svdpipe.models import load_model
+        from svdpipe.simulate import SimulatedCosts, install_stand_ins
 
         if config.torch_threads:
             torch.set_num_threads(config.torch_threads)
         self.config, self.spec, self.fresh_tensors = config, spec, fresh_tensors
         self.progress = progress  # reports each finished step, without waiting (engine/progress.py)
-        self.model = load_model(config.model, config.dtype, config.device, spec.parts)
-        if spec.denoise_stage is not None:
+        self.model = load_model(config.model, config.dtype, config.device)
+        costs = SimulatedCosts.from_config(config)
+        install_stand_ins(self.model, costs)
+        if costs.step_s is None:
             self._prepare_unet()
-        self.simulate_s = config.simulate_step_ms / 1000 if config.simulate_step_ms is not None else None
         # One request in the model at a time, even when Ray gives the actor a second thread to receive the next.
         self._lock = threading.Lock()
-        with contextlib.suppress(ImportError):  # inputs are read-only views on the object store: expected
-            from ray._private.tensor_serialization_utils import ZeroCopyTensorsWarning
-
-            warnings.filterwarnings("ignore", category=ZeroCopyTensorsWarning)
-        warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
+        self._pending = 0  # calls entered but waiting for the lock: a helper declines halves meanwhile
+        self._pending_lock = threading.Lock()
+        self._helping: dict[str, RequestState] = {}  # conditioning of the ranges this actor helps with
+        _quiet_zero_copy_warnings()
         self.idle_since = time.time()
-        logger.info("%s ready on %s (%s)", spec.name, self.model.device, ", ".join(spec.parts))
+        logger.info("%s ready on %s", spec.name, self.model.device)
 
     def _prepare_unet(self) -> None:
         import torch
@@ -94,52 +138,187 @@ class StageWorker:
     def ping(self) -> str:
         return self.spec.name
 
-    def process(self, item: EncodeRequest | RequestState, steps: tuple[int, int] | None) -> RequestState | EncodedVideo:
-        """Run this actor's phases on `item`; `steps` is its step range for this request."""
-        with self._lock:
-            return self._process(item, steps)
+    def warm_up(self, image_png: bytes, params: ResolvedParams) -> PhaseCosts:
+        """Run one request here twice (first calls pay lazy initialisation, allocator growth, compilation) and
+        return what each phase cost the second time."""
+        from svdpipe import stages
+        from svdpipe.images import load_image
+        from svdpipe.profile import device_clock
 
-    def _process(
-        self, item: EncodeRequest | RequestState, steps: tuple[int, int] | None
-    ) -> RequestState | EncodedVideo:
+        clock = device_clock(self.model.device)
+        with self._lock:
+            for _ in range(2):
+                t0 = clock()
+                state = stages.encode(self.model, load_image(image_png), params, "warmup", "npy")
+                t1 = clock()
+                state = stages.denoise(self.model, state, range(params.num_inference_steps))
+                t2 = clock()
+                stages.decode(self.model, state)
+                t3 = clock()
+            if params.do_classifier_free_guidance:  # the batch-of-one call a CFG-split half makes
+                stages.predict_half(self.model, state, state.latents, 0, 1)
+            self.idle_since = time.time()
+        return PhaseCosts(t1 - t0, (t2 - t1) / params.num_inference_steps, (t3 - t2) / params.num_frames)
+
+    def run(
+        self, item: EncodeRequest | RequestState, call: ActorCall, exchange: Any = None
+    ) -> RequestState | DecodedFrames:
+        """Run `call`'s phases on `item`: a RequestState out, or decoded frames when the call decodes. With
+        `exchange` (an engine.exchange.HalfExchange) a helper actor computes each step's conditional half."""
+        with self._pending_lock:
+            self._pending += 1
+        try:
+            self._lock.acquire()
+        finally:
+            with self._pending_lock:
+                self._pending -= 1
+        try:
+            return self._run(item, call, exchange)
+        finally:
+            self._lock.release()
+
+    def half(
+        self, key: str, state: RequestState | None, latents: torch.Tensor, i: int, last: bool
+    ) -> tuple[torch.Tensor | None, float]:
+        """As a helper: the conditional half's noise prediction at step i, and the seconds it took; (None, 0)
+        when this actor has work of its own (running or waiting), which always goes first. `state` (the
+        conditioning) comes with a range's first step only and is kept under `key` until its `last` step."""
+        from svdpipe import stages
+        from svdpipe.latency import should_help
+
+        if state is not None:
+            self._helping[key] = state
+            while len(self._helping) > _MAX_HELPED:
+                self._helping.pop(next(iter(self._helping)))
+        state = self._helping.pop(key, None) if last else self._helping.get(key)
+        if state is None:
+            return None, 0.0
+        if not should_help(self._lock.locked(), self._pending) or not self._lock.acquire(blocking=False):
+            return None, 0.0
+        try:
+            started = time.time()
+            out = stages.predict_half(self.model, state, latents, i, 1)
+            return out, time.time() - started
+        finally:
+            self._lock.release()
+
+    def solve(self, state: RequestState, latents: torch.Tensor, start: int, stop: int, coarse: bool) -> torch.Tensor:
+        """A parareal solve of block [start, stop) from `latents`: the block's own steps (fine) or one Euler
+        step across it (coarse); `state` carries the request's conditioning."""
+        from svdpipe import stages
+
+        with self._lock:
+            at_start = state.advanced(latents, start)
+            if coarse:
+                out = stages.coarse_step(self.model, at_start, range(start, stop))
+            else:
+                out = stages.denoise(self.model, at_start, range(start, stop))
+            self.idle_since = time.time()
+            return out.latents
+
+    def _run(
+        self, item: EncodeRequest | RequestState, call: ActorCall, exchange: Any = None
+    ) -> RequestState | DecodedFrames:
         from svdpipe import stages
         from svdpipe.images import load_image
 
         started = time.time()
         codec_s = 0.0
-        if isinstance(item, EncodeRequest):
-            if not self.spec.encodes:
-                raise RuntimeError(f"{self.spec.name} got an encode request but does not encode")
+        # 1. encode
+        if call.encode:
+            if not isinstance(item, EncodeRequest):
+                raise RuntimeError(f"{self.spec.name}: an encode call got {type(item).__name__}")
             state = stages.encode(
                 self.model, load_image(item.image_png), item.params, item.request_id, item.output_format
             )
             codec_s = time.time() - started
-        else:
+        elif isinstance(item, RequestState):
             state = item
-        if steps is not None:
-            on_step = self.progress.for_request(state.request_id) if self.progress is not None else None
-            state = stages.denoise(self.model, state, range(*steps), on_step=on_step, simulate_step_s=self.simulate_s)
-        result: RequestState | EncodedVideo
-        if self.spec.decodes:
-            result = self._decode(state, started, _steps(steps), codec_s)
         else:
-            trace = StageTrace(self.spec.name, started, time.time(), self.idle_since, _steps(steps), codec_s)
-            result = state.traced(trace).fresh() if self.fresh_tensors else state.traced(trace)
+            raise RuntimeError(f"{self.spec.name}: a call without encode got {type(item).__name__}")
+        # 2. denoise this call's step range
+        steps, split = 0, {}
+        on_step = self.progress.for_request(state.request_id) if self.progress is not None else None
+        if call.steps is not None and exchange is not None and state.params.do_classifier_free_guidance:
+            exchange.open(state, range(*call.steps))
+            state = stages.denoise_split(self.model, state, range(*call.steps), exchange.start, on_step)
+            split = {"split_steps": exchange.steps, "helper_s": exchange.helper_s, "exchange_s": exchange.exchange_s}
+            steps = call.steps[1] - call.steps[0]
+        elif call.steps is not None:
+            state = stages.denoise(self.model, state, range(*call.steps), on_step)
+            steps = call.steps[1] - call.steps[0]
+        # 3. decode this call's frame chunks (diffusers' chunks, so they equal the whole decode's frames)
+        result: RequestState | DecodedFrames
+        if call.decode:
+            decode_start = time.time()
+            fmt = state.output_format
+            chunks = tuple((a, _for_format(stages.decode(self.model, state, (a, b)), fmt)) for a, b in call.decode)
+            finished = time.time()
+            codec_s += finished - decode_start
+            entry = StageTrace(self.spec.name, started, finished, self.idle_since, steps, codec_s, **split)
+            result = DecodedFrames(
+                state.request_id,
+                chunks,
+                fmt,
+                state.params.fps,
+                state.params.num_frames,
+                state.trace,
+                entry,  # type: ignore[arg-type]
+            )
+        else:
+            entry = StageTrace(self.spec.name, started, time.time(), self.idle_since, steps, codec_s, **split)
+            result = state.traced(entry).fresh() if self.fresh_tensors else state.traced(entry)
         self.idle_since = time.time()
         return result
 
-    def _decode(self, state: RequestState, started: float, steps: int, codec_s: float) -> EncodedVideo:
-        from svdpipe import stages
+
+def _for_format(frames: np.ndarray, fmt: str) -> np.ndarray:
+    """uint8 for video files (a quarter of the bytes to move), exact float32 for .npy."""
+    from svdpipe.video import to_uint8
+
+    return frames if fmt == "npy" else to_uint8(frames)
+
+
+class MuxWorker:
+    """A CPU-only actor that assembles decoded chunks in frame order and writes the video file."""
+
+    def __init__(self, config: EngineConfig, spec: ActorSpec) -> None:
+        self.config, self.spec = config, spec
+        _quiet_zero_copy_warnings()
+        self.idle_since = time.time()
+        self._lock = threading.Lock()
+
+    def ping(self) -> str:
+        return self.spec.name
+
+    def mux(self, *parts: DecodedFrames) -> EncodedVideo:
+        """The video file of one request from its decoded parts (each part's chunks in any order)."""
         from svdpipe.video import encode_video
 
-        decode_start = time.time()
-        frames = stages.decode(self.model, state)
-        data = encode_video(frames, state.output_format, state.params.fps)  # type: ignore[arg-type]
-        finished = time.time()
-        codec_s += finished - decode_start
-        trace = StageTrace(self.spec.name, started, finished, self.idle_since, steps, codec_s)
-        return EncodedVideo(state.request_id, data, state.output_format, int(frames.shape[0]), (*state.trace, trace))  # type: ignore[arg-type]
+        with self._lock:
+            started = time.time()
+            first = parts[0]
+            chunks = sorted((c for p in parts for c in p.chunks), key=lambda c: c[0])
+            frames = np.concatenate([f for _, f in chunks])
+            if frames.shape[0] != first.num_frames:
+                raise RuntimeError(f"request {first.request_id}: {frames.shape[0]} of {first.num_frames} frames")
+            data = encode_video(frames, first.output_format, first.fps)
+            finished = time.time()
+            # Decode calls after the first ran on the same input, at the same time: hop_timings must know.
+            decodes = tuple(
+                p.entry if i == 0 else dataclasses.replace(p.entry, parallel=True) for i, p in enumerate(parts)
+            )
+            entry = StageTrace(self.spec.name, started, finished, self.idle_since, 0, finished - started)
+            self.idle_since = finished
+        return EncodedVideo(
+            first.request_id, data, first.output_format, first.num_frames, (*first.chain, *decodes, entry)
+        )
 
 
-def _steps(steps: tuple[int, int] | None) -> int:
-    return 0 if steps is None else steps[1] - steps[0]
+def median_costs(costs: list[PhaseCosts]) -> PhaseCosts:
+    """The median of each phase over actors (one actor slowed by a neighbour should not skew the plan)."""
+    return PhaseCosts(
+        statistics.median(c.encode_s for c in costs),
+        statistics.median(c.step_s for c in costs),
+        statistics.median(c.decode_frame_s for c in costs),
+    )

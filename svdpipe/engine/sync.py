@@ -69,6 +69,18 @@ def generate_once(
                 t.queue_ms,
                 t.steps,
             )
+        for entry in result.video.trace:
+            if entry.split_steps:
+                logger.info(
+                    "%s: %d of %d steps split, helper %.1f ms, exchange %.2f ms per step",
+                    entry.stage,
+                    entry.split_steps,
+                    entry.steps,
+                    entry.helper_s * 1000,
+                    entry.exchange_s * 1000 / entry.split_steps,
+                )
+        if result.split_reason:
+            logger.info("latency mode: %s", result.split_reason)
         return VideoResult(result.request_id, frames, result.params)
 
     return asyncio.run(run())

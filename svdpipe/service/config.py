@@ -6,8 +6,11 @@ import os
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from svdpipe.config import EngineConfig
+from svdpipe.config import EngineConfig, LatencyMode
 from svdpipe.service.store import POSTGRES_SCHEMES
+
+# A service splits CFG halves onto idle actors by default: it costs nothing under load (latency.plan_cfg_split).
+SERVICE_LATENCY_MODE: LatencyMode = "auto"
 
 
 class Autoscaling(BaseModel):
@@ -36,7 +39,10 @@ class ServiceConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    engine: EngineConfig = Field(default_factory=EngineConfig, description="The stage pipeline behind the API.")
+    engine: EngineConfig = Field(
+        default_factory=lambda: EngineConfig(latency_mode=SERVICE_LATENCY_MODE),
+        description="The model actors behind the API (latency_mode defaults to 'auto' here).",
+    )
     data_dir: str = Field(
         "./svdpipe-data",
         min_length=1,

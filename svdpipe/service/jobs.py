@@ -84,6 +84,7 @@ class _Outcome:
     started_at: float = 0.0
     created_at: float = 0.0
     timings: Any = None
+    parameters: dict[str, Any] | None = None  # the job's parameters with how it ran (completed jobs)
 
 
 class JobManager:
@@ -301,7 +302,21 @@ class JobManager:
             logger.exception("job %s failed unexpectedly", job_id)
             self._record(job_id, _Outcome("failed", f"internal error: {type(exc).__name__}: {exc}", **ended))
             return
-        self._record(job_id, _Outcome("completed", video=result.video.data, timings=result.timings, **ended))
+        # How the job ran (nothing of it changes the frames beyond fp32 rounding): kept with its parameters.
+        ran: dict[str, Any] = {"latency_mode": self.engine.config.latency_mode, "cfg_split": result.split}
+        if result.parareal is not None:
+            ran["parareal_iterations"] = result.parareal.iterations
+        self.metrics.latency_mode(result.split, sum(t.helper_s for t in result.video.trace))
+        self._record(
+            job_id,
+            _Outcome(
+                "completed",
+                video=result.video.data,
+                timings=result.timings,
+                parameters={**record.parameters, **ran},
+                **ended,
+            ),
+        )
 
     def _record(self, job_id: str, outcome: _Outcome) -> None:
         """Write a job's end to the store, or keep it (with its lease renewed) until the store is back."""
@@ -323,7 +338,8 @@ class JobManager:
                 self.store.put_content(job_id, outcome.video or b"")
             except KeyError:
                 return  # deleted meanwhile
-            record = self.store.finish(job_id, "completed", owner=self.owner, progress=100, error=None)
+            extra = {"parameters": outcome.parameters} if outcome.parameters is not None else {}
+            record = self.store.finish(job_id, "completed", owner=self.owner, progress=100, error=None, **extra)
             if record is not None:
                 now = time.time()
                 self._completions.append(now)

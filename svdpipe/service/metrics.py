@@ -40,6 +40,10 @@ class ServiceMetrics:
             boundaries=_MS_BOUNDS,
             tag_keys=("stage",),
         )
+        self.split = m.Counter("svdpipe_requests_split_total", "Jobs whose CFG halves ran on two actors.")
+        self.helper_busy = m.Counter(
+            "svdpipe_helper_busy_seconds_total", "Time helper actors spent on other jobs' CFG halves."
+        )
         self.queue_ms = m.Histogram(
             "svdpipe_stage_queue_ms",
             "Time a request waited for a busy stage.",
@@ -59,6 +63,11 @@ class ServiceMetrics:
         for t in timings:
             self.hop_ms.observe(t.hop_ms, tags={"stage": t.stage})
             self.queue_ms.observe(t.queue_ms, tags={"stage": t.stage})
+
+    def latency_mode(self, split: bool, helper_s: float) -> None:
+        if self.enabled and split:
+            self.split.inc(1)
+            self.helper_busy.inc(helper_s)
 
     def occupancy(self, queued: int, inflight: int) -> None:
         if self.enabled:

@@ -45,7 +45,6 @@ def replicas(ray_session, cluster, tmp_path_factory):
         replica_cpus=0.1,
         engine=EngineConfig(
             num_stages=2,
-            colocate_codec=True,
             max_inflight=2,
             num_cpus_per_actor=0.05,
             torch_threads=1,

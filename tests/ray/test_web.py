@@ -51,7 +51,6 @@ def service(ray_session, tmp_path_factory):
         replica_cpus=0.1,
         engine=EngineConfig(
             num_stages=2,
-            colocate_codec=True,
             max_inflight=1,
             num_cpus_per_actor=0.05,
             torch_threads=1,

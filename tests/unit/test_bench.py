@@ -11,39 +11,36 @@ from svdpipe.bench import (
     BenchSettings,
     Sample,
     add_bench_parser,
-    bound_samples_per_hour,
     cpu_busy_fraction,
     efficiency,
     ideal_samples_per_hour,
-    least_loaded,
     projection,
+    request_work_s,
     settings_from_args,
     steady_state_rate,
     steady_state_window,
     summarise,
 )
-from svdpipe.partition import partition_steps
-from svdpipe.profile import CostProfile, stage_loads, step_weights
+from svdpipe.profile import CostProfile
 from svdpipe.state import StageTrace
 from svdpipe.timing import hop_timings
 
 
-def test_ideal_is_n_over_t_times_step():
-    # 7 stages, 21 steps of 20 ms: 7 / 0.42 s = 16.67 samples/s.
-    assert ideal_samples_per_hour(7, 21, 0.020) == pytest.approx(60_000)
-    assert ideal_samples_per_hour(1, 21, 0.020) == pytest.approx(60_000 / 7)
+def test_ideal_is_n_over_w():
+    # 7 actors, 21 steps of 20 ms + 2 ms encode + 90 ms decode: W = 0.512 s, 7 / W = 13.67 samples/s.
+    w = request_work_s(21, 0.020, 0.002, 0.090)
+    assert w == pytest.approx(0.512)
+    assert ideal_samples_per_hour(7, w) == pytest.approx(3600 * 7 / 0.512)
+    assert ideal_samples_per_hour(1, 0.42) == pytest.approx(60_000 / 7)
     with pytest.raises(ValueError):
-        ideal_samples_per_hour(0, 21, 0.02)
+        ideal_samples_per_hour(0, 0.5)
     with pytest.raises(ValueError):
-        ideal_samples_per_hour(1, 21, 0.0)
+        ideal_samples_per_hour(1, 0.0)
 
 
-def test_efficiency_and_bound():
+def test_efficiency():
     assert efficiency(58_200, 60_000) == pytest.approx(0.97)
     assert efficiency(1.0, 0.0) == 0.0
-    # the busiest actor (70 ms) limits the chain; two replicas double it
-    assert bound_samples_per_hour([0.010, 0.070, 0.060]) == pytest.approx(3600 / 0.07)
-    assert bound_samples_per_hour([0.4], replicas=2) == pytest.approx(18_000)
 
 
 def pipeline_completions(workers: int, period: float, total: int, latency: float) -> list[float]:
@@ -80,13 +77,6 @@ def test_steady_state_window_needs_two_rounds():
     assert steady_state_window(2, 1) == (0, 1)
 
 
-def test_least_loaded_prefers_fewest_then_lowest_index():
-    assert least_loaded([2, 1, 1, 3]) == 1
-    assert least_loaded([0, 0]) == 0
-    with pytest.raises(ValueError):
-        least_loaded([])
-
-
 def fake_run(n_stages: int, stage_s: float, hop_s: float, total: int) -> list[Sample]:
     """A closed loop through a perfect pipeline on a fake clock: each stage takes stage_s, each hand-off hop_s.
 
@@ -101,59 +91,41 @@ def fake_run(n_stages: int, stage_s: float, hop_s: float, total: int) -> list[Sa
             start = max(arrive, free[j] + (hop_s if j == 0 and r else 0.0))
             trace.append(StageTrace(f"s{j}", start, start + stage_s, free[j], steps=3))
             free[j] = ready = start + stage_s
-        samples.append(Sample(r, 0, 0.0, ready, tuple(hop_timings(trace, 0.0)), tuple(trace)))
+        samples.append(Sample(r, 0.0, ready, tuple(hop_timings(trace, 0.0)), tuple(trace)))
     return samples
 
 
 def test_summarise_on_a_fake_pipeline():
     samples = fake_run(n_stages=4, stage_s=0.060, hop_s=0.002, total=16)
-    out = summarise(samples, workers=4)
+    out = summarise(samples, workers=4, model_actors={"s0", "s1", "s2"})
     # stage 0 turns around in 2 ms, so one completion every 62 ms
     assert out["samples_per_hour"] == pytest.approx(3600 / 0.062)
     assert out["measured_requests"] == 12
     assert out["per_hop_ms"] == pytest.approx(2.0)
-    assert out["hops_per_request"] == 3
-    assert out["stage_step_ms"] == pytest.approx(20.0)
-    # every stage works 60 of each 62 ms in steady state
+    assert out["calls_per_request"] == 4
+    assert out["actor_step_ms"] == pytest.approx(20.0)
+    # every stage works 60 of each 62 ms in steady state; s3 is not a model actor here
+    assert set(out["busy_fraction"]) == {"s0", "s1", "s2"} and set(out["mux_busy_fraction"]) == {"s3"}
     for fraction in out["busy_fraction"].values():
         assert fraction == pytest.approx(60 / 62, abs=0.01)
-    eff = efficiency(out["samples_per_hour"], ideal_samples_per_hour(4, 12, 0.020))
+    eff = efficiency(out["samples_per_hour"], ideal_samples_per_hour(4, request_work_s(12, 0.020, 0.0, 0.0)))
     assert eff == pytest.approx(60 / 62)
+
+
+def test_parallel_decode_entries_share_their_input():
+    """Two decode calls start from the same state; the mux waits for both (hop_timings on a fake clock)."""
+    trace = [
+        StageTrace("m0", 0.0, 1.0, 0.0, steps=2),
+        StageTrace("m1", 1.1, 2.0, 0.0),  # decode chunk 0: input ready at 1.0
+        StageTrace("m2", 1.2, 2.5, 0.0, parallel=True),  # decode chunk 1: input ready at 1.0 too
+        StageTrace("mux", 2.6, 2.7, 0.0),  # ready when both chunks are: 2.5
+    ]
+    hops = [t.hop_ms for t in hop_timings(trace, 0.0)]
+    assert hops == pytest.approx([0.0, 100.0, 200.0, 100.0])
 
 
 def profile(encode_ms: float = 30.0, step_ms: float = 20.0, decode_ms: float = 70.0, steps: int = 21) -> CostProfile:
     return CostProfile(encode_ms / 1000, tuple([step_ms / 1000] * steps), decode_ms / 1000)
-
-
-def test_step_weights_put_codec_costs_on_the_end_steps():
-    p = profile()
-    w = step_weights(p, 21, colocate_codec=True)
-    assert w[0] == pytest.approx(0.050) and w[-1] == pytest.approx(0.090)
-    assert all(x == pytest.approx(0.020) for x in w[1:-1])
-    # without colocation the encoder and decoder are separate actors: equal weights, the count split
-    w = step_weights(p, 21, colocate_codec=False)
-    assert len(set(w)) == 1
-    assert partition_steps(21, 7, w) == partition_steps(21, 7)
-
-
-def test_step_weights_use_the_median_step_so_noise_cannot_move_a_cut():
-    noisy = CostProfile(0.0, (0.020, 0.0215, 0.019, 0.0205, 0.020, 0.0199), 0.0)
-    assert set(step_weights(noisy, 6, colocate_codec=False)) == {0.020}
-
-
-def test_balanced_split_relieves_the_decoding_stage():
-    p = profile(encode_ms=30, step_ms=20, decode_ms=70)
-    weights = step_weights(p, 21, colocate_codec=True)
-    by_count = stage_loads(p, 21, 7, True, None)
-    by_cost = stage_loads(p, 21, 7, True, weights)
-    # by count the last stage decodes on top of 3 steps (130 ms); by cost it gets fewer steps
-    assert max(by_count) == pytest.approx(0.130)
-    assert max(by_cost) < max(by_count)
-    ranges = partition_steps(21, 7, weights)
-    assert len(ranges[-1]) < 3 and sum(len(r) for r in ranges) == 21
-    assert bound_samples_per_hour(by_cost) > bound_samples_per_hour(by_count)
-    # not colocated: encoder and decoder are actors of their own in the chain
-    assert stage_loads(p, 21, 7, False, None) == pytest.approx([0.03] + [0.06] * 7 + [0.07])
 
 
 def test_profile_json_round_trip(tmp_path):
@@ -179,7 +151,12 @@ def test_cli_flags_build_settings():
     s = parse("--stages", "3", "--steps", "9", "--simulate-step-ms", "20", "--modes", "pipeline,sequential")
     assert (s.stages, s.steps, s.simulate_step_ms, s.modes) == (3, 9, 20.0, ("pipeline", "sequential"))
     assert s.num_requests == 12 and s.concurrency_for("pipeline") == 6 and s.concurrency_for("sequential") == 2
-    assert parse("--colocate-codec", "--no-balance").colocate_codec is True
+    s = parse("--simulate-decode-ms", "90", "--frames", "3", "--decode-chunk-size", "1", "--mux-actors", "3")
+    assert (s.simulate_decode_frame_ms, s.decode_chunk_size, s.mux_actors) == (30.0, 1, 3)
+    # engine flags come from the engine config's own fields, bounds included
+    assert parse("--dtype", "fp16", "--transport", "gloo").dtype == "fp16"
+    with pytest.raises(SystemExit):
+        parse("--dtype", "fp64")
     with pytest.raises(SystemExit):
         parse("--modes", "pipeline,warp")
 
@@ -193,21 +170,18 @@ def test_settings_reject_impossible_runs():
 
 
 def test_projection_from_assumed_costs():
-    # 25 steps of 0.5 s, encode 0.05 s, decode 1.5 s, 4 ms per hop, 7 GPUs
-    rows = projection(CostProfile(0.05, (0.5,) * 25, 1.5), num_steps=25, gpus=7, hop_s=0.004)
-    whole = 0.05 + 12.5 + 1.5
-    assert rows["sequential"]["samples_per_hour"] == pytest.approx(3600 / (whole + 0.004))
-    assert rows["data-parallel"]["samples_per_hour"] == pytest.approx(7 * 3600 / (whole + 0.004))
-    # by count the last stage decodes after 3 steps (3.0 s); by cost it keeps 1 step (2.0 s) and the
-    # first stage, 4 steps plus encode, is the busiest (2.05 s)
-    assert rows["pipeline, count split"]["bottleneck_s"] == pytest.approx(3.0)
-    assert rows["pipeline, cost-balanced"]["bottleneck_s"] == pytest.approx(2.05)
-    assert rows["pipeline, cost-balanced"]["idle_latency_s"] == pytest.approx(whole + 8 * 0.004)
-    assert rows["data-parallel"]["ideal_samples_per_hour"] == pytest.approx(7 * 3600 / 12.5)
-    # 5 denoise stages (25 steps: 5 each, 2.5 s) and the decoder (1.5 s) on GPUs of their own
-    assert rows["pipeline, codec apart"]["bottleneck_s"] == pytest.approx(2.5)
+    # SVD-XT on an H100 (assumed): 25 steps of 0.76 s, decode 3.4 s, encode 0.1 s; 3 ms per call; 7 GPUs
+    rows = projection(0.76, 0.1, 3.4, num_steps=25, num_frames=25, gpus=7, hop_s=0.003)
+    whole = 25 * 0.76 + 0.1 + 3.4
+    assert rows["sequential"]["samples_per_hour"] == pytest.approx(3600 / (whole + 0.003))
+    assert rows["data-parallel"]["samples_per_hour"] == pytest.approx(7 * 3600 / (whole + 0.003))
+    assert rows["data-parallel"]["ideal_samples_per_hour"] == pytest.approx(7 * 3600 / whole)
+    # the planner spreads encode and decode: the busiest actor carries about W / N plus its calls
+    assert whole / 7 < rows["pipeline"]["busiest_s"] < whole / 7 + 0.76 / 7 + 3 * 0.003
+    assert rows["pipeline"]["efficiency"] > 0.97
+    assert rows["pipeline"]["idle_latency_s"] == pytest.approx(whole + 8 * 0.003)
     with pytest.raises(ValueError):
-        projection(CostProfile(0.05, (0.5,) * 5, 1.5), num_steps=5, gpus=7, hop_s=0.0)
+        projection(0.5, 0.05, 1.5, num_steps=5, num_frames=2, gpus=7, hop_s=0.0)
 
 
 def test_cpu_busy_fraction_from_jiffies():

@@ -58,7 +58,7 @@ class FakeEngine:
         finally:
             self.running.discard(request_id)
         video = SimpleNamespace(data=f"video:{request_id}:{params.seed}".encode(), trace=())
-        return SimpleNamespace(video=video, timings=[], latency_s=0.0)
+        return SimpleNamespace(video=video, timings=[], latency_s=0.0, split=False, parareal=None)
 
     def cancel(self, request_id: str) -> bool:
         if request_id in self.running:

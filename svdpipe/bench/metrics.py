@@ -1,0 +1,183 @@
+"""The bench's pure arithmetic: ideal throughput, steady-state rate, per-run summaries, the GPU projection.
+
+Steady-state throughput (fill excluded). With completion times sorted, c[0] <= ... <= c[M-1], and W workers
+(N model actors, or 1), the first W completions are the pipeline fill (or, for replicas, the first round).
+Throughput is the rate between completion a = W - 1 and completion b = M - 1:
+
+    throughput = (b - a) / (c[b] - c[a])    samples/s,
+
+with a moved later, if needed, so that b - a is a multiple of W: replicas complete in rounds of W, and a window
+of whole rounds measures them without bias (a pipeline completes evenly, so any window would do).
+
+Ideal: the physical limit of N GPUs, N / W requests per second, with W = T x step + encode + decode the work of
+one request. Efficiency = measured / ideal.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from svdpipe.planner import CostModel, Planner, RequestShape
+from svdpipe.state import StageTrace
+from svdpipe.timing import HopTiming, busy_fraction, median, percentile
+
+
+def request_work_s(num_steps: int, step_s: float, encode_s: float, decode_s: float) -> float:
+    """W: the work of one request on one GPU (every step with guidance, encode, decode of every frame)."""
+    return num_steps * step_s + encode_s + decode_s
+
+
+def ideal_samples_per_hour(workers: int, work_s: float) -> float:
+    """N model actors, each busy all the time with requests of W seconds of work: N / W samples/s, per hour."""
+    if workers < 1 or not work_s > 0:
+        raise ValueError(f"need workers >= 1 and work > 0; got {workers}, {work_s}")
+    return 3600.0 * workers / work_s
+
+
+def efficiency(measured: float, ideal: float) -> float:
+    """measured / ideal (0 when there is no ideal)."""
+    return measured / ideal if ideal > 0 else 0.0
+
+
+def steady_state_window(num_completions: int, workers: int) -> tuple[int, int]:
+    """Indices (a, b) into the sorted completion times over which throughput is measured.
+
+    a = workers - 1 skips the fill (the first `workers` completions); b is the last completion; a moves later
+    until b - a is a whole number of rounds of `workers` completions.
+    """
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    if num_completions < 2 * workers:
+        raise ValueError(
+            f"{num_completions} completions cannot give a steady-state window for {workers} workers: "
+            f"use at least {2 * workers} requests"
+        )
+    b = num_completions - 1
+    a = workers - 1 + (b - (workers - 1)) % workers
+    return a, b
+
+
+def steady_state_rate(completions: Sequence[float], workers: int) -> float:
+    """Samples per second between the window's first and last completion (see steady_state_window)."""
+    done = sorted(completions)
+    a, b = steady_state_window(len(done), workers)
+    span = done[b] - done[a]
+    if span <= 0:
+        raise ValueError("completion times do not advance over the steady-state window")
+    return (b - a) / span
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One finished request of the closed loop (time.time() seconds, the clock of the actor traces)."""
+
+    index: int
+    sent: float
+    done: float
+    timings: tuple[HopTiming, ...]
+    trace: tuple[StageTrace, ...]
+
+
+def summarise(samples: Sequence[Sample], workers: int, model_actors: Collection[str] | None = None) -> dict[str, Any]:
+    """Steady-state throughput, latency, per-hop time and busy fractions of one closed-loop run.
+
+    `model_actors` names the model-holding actors; the others (mux actors) get their own busy fractions.
+    """
+    done = sorted(s.done for s in samples)
+    a, b = steady_state_window(len(done), workers)
+    start, end = done[a], done[b]
+    measured = [s for s in samples if start < s.done <= end]
+    latencies = [s.done - s.sent for s in measured]
+    # Hops into every call but the first: from the input being ready (previous call finished) and the actor
+    # being free, to the call starting. Split by whether the actor was idle when the input came (the
+    # hand-off's latency) or busy (the input waited: the actor's own turnaround between requests).
+    later = [t for s in measured for t in s.timings[1:]]
+    idle_hops = [t.hop_ms for t in later if t.queue_ms <= 0]
+    busy_hops = [t.hop_ms for t in later if t.queue_ms > 0]
+    dispatch = [s.timings[0].hop_ms for s in measured]
+    steps = [t.step_ms for s in measured for t in s.timings if t.steps]
+    # Busy fraction of each actor over the span in which it worked on the measured requests (the first one's
+    # start to the last one's finish): a window of completions would count the idle drain at the end.
+    intervals: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for s in measured:
+        for entry in s.trace:
+            intervals[entry.stage].append((entry.started, entry.finished))
+    busy = {stage: round(busy_fraction(iv), 4) for stage, iv in sorted(intervals.items())}
+    is_model = (lambda name: name in model_actors) if model_actors is not None else (lambda name: True)
+    return {
+        "requests": len(samples),
+        "measured_requests": b - a,
+        "window_s": end - start,
+        "samples_per_hour": 3600.0 * steady_state_rate(done, workers),
+        "latency_p50_s": percentile(latencies, 50),
+        "latency_p95_s": percentile(latencies, 95),
+        "calls_per_request": median(len(s.timings) for s in measured) if measured else 0,
+        "per_hop_ms": median(t.hop_ms for t in later) if later else None,
+        "per_hop_p95_ms": percentile([t.hop_ms for t in later], 95) if later else None,
+        "hop_into_idle_actor_ms": median(idle_hops) if idle_hops else None,
+        "hop_into_busy_actor_ms": median(busy_hops) if busy_hops else None,
+        "dispatch_ms": median(dispatch),
+        "actor_step_ms": median(steps) if steps else None,
+        "busy_fraction": {k: v for k, v in busy.items() if is_model(k)},
+        "mux_busy_fraction": {k: v for k, v in busy.items() if not is_model(k)},
+    }
+
+
+def exchange_ms_per_step(traces: Sequence[Any]) -> float | None:
+    """Mean per-step CFG exchange cost over split steps (round trip to the helper minus its compute), from
+    results carrying `.video.trace`; None when no step was split."""
+    entries = [t for r in traces for t in r.video.trace]
+    steps = sum(t.split_steps for t in entries)
+    if not steps:
+        return None
+    return sum(t.exchange_s for t in entries) * 1000 / steps
+
+
+def cpu_busy_fraction(before: tuple[float, float] | None, after: tuple[float, float] | None) -> float | None:
+    """Share of the machine's CPU time that was busy between two (busy, total) jiffies readings."""
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return (after[0] - before[0]) / (after[1] - before[1])
+
+
+def planned_busiest_s(costs: CostModel, shape: RequestShape, actors: int, requests: int = 2000) -> float:
+    """The busiest actor's expected seconds per request when the planner spreads a long stream of requests
+    (its own least-expected-work ledger as the load)."""
+    planner = Planner(actors, 1, costs)
+    ledger = [0.0] * actors
+    for i in range(requests):
+        plan = planner.plan(f"r{i}", shape, ledger)
+        ledger = [a + b for a, b in zip(ledger, plan.work_s, strict=True)]
+    return max(ledger) / requests
+
+
+def projection(
+    step_s: float, encode_s: float, decode_s: float, num_steps: int, num_frames: int, gpus: int, hop_s: float
+) -> dict[str, dict[str, float]]:
+    """Throughput and idle latency of each mode on `gpus` GPUs, from per-phase costs and a per-hop overhead.
+
+    Pure arithmetic, for machines we cannot measure on. sequential: one GPU does everything; data-parallel:
+    `gpus` such replicas; pipeline: `gpus` model actors, the planner spreading steps, encode and decode over
+    them (its expected per-actor work over a long stream of requests). Every call costs `hop_s` of turnaround
+    on its actor; a request's latency adds one hop per hand-off. Decoding is one chunk (decode_chunk_size =
+    num_frames), so the idle pipeline's latency is the whole work plus its hops.
+    """
+    if gpus < 1 or num_steps < gpus:
+        raise ValueError(f"need 1 <= gpus <= steps, got {gpus} GPUs for {num_steps} steps")
+    whole = request_work_s(num_steps, step_s, encode_s, decode_s)
+    costs = CostModel(encode_s, step_s, decode_s / num_frames, call_s=hop_s)
+    busiest = planned_busiest_s(costs, RequestShape(num_steps, num_frames, num_frames), gpus)
+    rows: dict[str, dict[str, float]] = {
+        "sequential": {"gpus": 1, "busiest_s": whole + hop_s, "replicas": 1, "hops": 2},
+        "data-parallel": {"gpus": gpus, "busiest_s": whole + hop_s, "replicas": gpus, "hops": 2},
+        "pipeline": {"gpus": gpus, "busiest_s": busiest, "replicas": 1, "hops": gpus + 1},
+    }
+    for row in rows.values():
+        row["samples_per_hour"] = 3600.0 * row["replicas"] / row["busiest_s"]
+        row["ideal_samples_per_hour"] = ideal_samples_per_hour(int(row["gpus"]), whole)
+        row["efficiency"] = efficiency(row["samples_per_hour"], row["ideal_samples_per_hour"])
+        row["idle_latency_s"] = whole + row["hops"] * hop_s
+    return rows

@@ -1,0 +1,238 @@
+"""The planner: one request's plan (who encodes, who runs which steps, who decodes which frames, where the video
+is muxed) as plain data. Pure: no Ray, no torch; the engine only executes what it returns.
+
+The shape of vLLM's scheduler -> SchedulerOutput -> executor. Every model actor holds the UNet, the VAE and CLIP,
+so any of them may run any phase; the planner spreads each request's work so that every actor's expected work
+is equal. It is greedy least-expected-work: the request's step ranges go, largest first, to the actors with the
+least work (the engine's outstanding expected seconds per actor plus what this plan has already put on them),
+then encode and each decode chunk go to whichever actor has the least work at that point. An actor that owns
+fewer steps thus takes more codec work, and over a stream of requests the per-actor totals stay within one work
+item of each other (tests/unit/test_planner.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from svdpipe.partition import request_ranges
+
+# pipeline: the request's steps are split over every model actor in a chain (one step range per actor).
+# data-parallel: one actor runs the whole request (encode, every step, decode), as an independent replica would.
+Parallelism = Literal["pipeline", "data-parallel"]
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """Expected seconds of each phase on a model actor (from the simulated costs or a measured profile)."""
+
+    encode_s: float  # CLIP + VAE encode of the input image
+    step_s: float  # one denoising step with classifier-free guidance (a UNet batch of two)
+    decode_frame_s: float  # VAE decode of one frame
+    call_s: float = 0.0  # the turnaround of one actor call (dispatch, arguments, result): merging calls saves it
+
+    def __post_init__(self) -> None:
+        if min(self.encode_s, self.decode_frame_s, self.call_s) < 0 or not self.step_s > 0:
+            raise ValueError(f"costs must be non-negative and the step cost positive: {self}")
+
+    def step_cost(self, cfg: bool) -> float:
+        """Without guidance the UNet batch is one sample instead of two: half the work."""
+        return self.step_s if cfg else self.step_s / 2
+
+
+@dataclass(frozen=True)
+class RequestShape:
+    """What the planner needs to know about a request."""
+
+    num_steps: int
+    num_frames: int
+    decode_chunk_size: int
+    cfg: bool = True  # classifier-free guidance (max_guidance_scale > 1)
+
+    def __post_init__(self) -> None:
+        if self.num_steps < 1 or self.num_frames < 1 or self.decode_chunk_size < 1:
+            raise ValueError(f"steps, frames and decode_chunk_size must be at least 1: {self}")
+
+
+@dataclass(frozen=True)
+class StageAssignment:
+    """One stage of the chain: `actor` runs denoising steps [start, stop)."""
+
+    actor: int
+    start: int
+    stop: int
+
+    @property
+    def steps(self) -> range:
+        return range(self.start, self.stop)
+
+
+@dataclass(frozen=True)
+class DecodeAssignment:
+    """`actor` VAE-decodes frames [start, stop): one of diffusers' decode chunks."""
+
+    actor: int
+    start: int
+    stop: int
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything the executor needs to run one request, and the work it expects to put on each actor."""
+
+    request_id: str
+    parallelism: Parallelism
+    encode_actor: int
+    stages: tuple[StageAssignment, ...]  # in chain order: stage i's steps directly follow stage i-1's
+    decode: tuple[DecodeAssignment, ...]  # frame chunks in frame order; they may run at the same time
+    mux_actor: int  # which CPU mux actor writes the video file
+    work_s: tuple[float, ...]  # expected seconds on each model actor (for the engine's load ledger)
+
+    @property
+    def num_steps(self) -> int:
+        return self.stages[-1].stop
+
+    @property
+    def num_frames(self) -> int:
+        return self.decode[-1].stop
+
+
+@dataclass(frozen=True)
+class ActorCall:
+    """One call into a model actor: the consecutive phases of a plan that run there, merged to save hops."""
+
+    actor: int
+    encode: bool  # the input is the encode request
+    steps: tuple[int, int] | None  # denoising steps [start, stop) run in this call
+    decode: tuple[tuple[int, int], ...]  # frame chunks decoded in this call (each as diffusers decodes it)
+
+
+def decode_chunks(num_frames: int, chunk_size: int) -> list[tuple[int, int]]:
+    """diffusers' decode chunks: decode_latents decodes frames [i, i + chunk_size) for i = 0, chunk_size, ..."""
+    if num_frames < 1 or chunk_size < 1:
+        raise ValueError(f"num_frames and chunk_size must be at least 1, got {num_frames}, {chunk_size}")
+    return [(i, min(i + chunk_size, num_frames)) for i in range(0, num_frames, chunk_size)]
+
+
+@dataclass(frozen=True)
+class Planner:
+    """Plans requests for `num_actors` model actors and `num_mux` mux actors."""
+
+    num_actors: int
+    num_mux: int
+    costs: CostModel
+    parallelism: Parallelism = "pipeline"
+    step_weights: tuple[float, ...] | None = None  # relative per-step costs for the step split (None: equal)
+
+    def __post_init__(self) -> None:
+        if self.num_actors < 1 or self.num_mux < 1:
+            raise ValueError(f"need at least one model actor and one mux actor, got {self.num_actors}, {self.num_mux}")
+
+    def plan(
+        self,
+        request_id: str,
+        shape: RequestShape,
+        load: Sequence[float] | None = None,
+        mux_load: Sequence[float] | None = None,
+    ) -> Plan:
+        """The plan for one request, given each actor's expected outstanding work in seconds (None: idle)."""
+        load = list(load) if load is not None else [0.0] * self.num_actors
+        mux = list(mux_load) if mux_load is not None else [0.0] * self.num_mux
+        if len(load) != self.num_actors or len(mux) != self.num_mux:
+            raise ValueError(f"expected {self.num_actors} actor loads and {self.num_mux} mux loads")
+        chunks = decode_chunks(shape.num_frames, shape.decode_chunk_size)
+        if self.parallelism == "data-parallel":
+            plan = self._replica(request_id, shape, chunks, load)
+        else:
+            plan = self._pipeline(request_id, shape, chunks, load)
+        return Plan(**{**plan, "mux_actor": _argmin(mux)})  # type: ignore[arg-type]
+
+    def _replica(self, request_id: str, shape: RequestShape, chunks: list[tuple[int, int]], load: list[float]) -> dict:
+        actor = _argmin(load)
+        c = self.costs
+        work = [0.0] * self.num_actors
+        work[actor] = c.encode_s + shape.num_steps * c.step_cost(shape.cfg) + shape.num_frames * c.decode_frame_s
+        work[actor] += c.call_s
+        return {
+            "request_id": request_id,
+            "parallelism": "data-parallel",
+            "encode_actor": actor,
+            "stages": (StageAssignment(actor, 0, shape.num_steps),),
+            "decode": tuple(DecodeAssignment(actor, a, b) for a, b in chunks),
+            "work_s": tuple(work),
+        }
+
+    def _pipeline(self, request_id: str, shape: RequestShape, chunks: list[tuple[int, int]], load: list[float]) -> dict:
+        c, n = self.costs, self.num_actors
+        if shape.num_steps < n:
+            raise ValueError(f"{shape.num_steps} steps cannot give each of {n} pipeline stages a step")
+        ranges = request_ranges(shape.num_steps, n, self.step_weights)
+        step = c.step_cost(shape.cfg)
+        total = list(load)
+        # 1. step ranges, largest first, to the least-loaded actors (one range each)
+        owner: dict[int, int] = {}
+        for i in sorted(range(n), key=lambda i: (-len(ranges[i]), i)):
+            actor = min((a for a in range(n) if a not in owner.values()), key=lambda a: (total[a], a))
+            owner[i] = actor
+            total[actor] += len(ranges[i]) * step + c.call_s
+        stages = tuple(StageAssignment(owner[i], r.start, r.stop) for i, r in enumerate(ranges))
+        # 2. encode: the stage-0 actor does it in the same call (no extra call) unless another is less loaded
+        encode_actor = _least(total, prefer=stages[0].actor, extra=c.call_s)
+        total[encode_actor] += c.encode_s + (0.0 if encode_actor == stages[0].actor else c.call_s)
+        # 3. decode chunks: each to the least-loaded actor; one call per actor, however many chunks it decodes
+        decode: list[DecodeAssignment] = []
+        decoders: set[int] = set()
+        for a, b in chunks:
+            actor = _least(total, prefer=stages[-1].actor if not decoders else None, extra=c.call_s, free=decoders)
+            total[actor] += (b - a) * c.decode_frame_s + (0.0 if actor in decoders else c.call_s)
+            decoders.add(actor)
+            decode.append(DecodeAssignment(actor, a, b))
+        return {
+            "request_id": request_id,
+            "parallelism": "pipeline",
+            "encode_actor": encode_actor,
+            "stages": stages,
+            "decode": tuple(decode),
+            "work_s": tuple(t - before for t, before in zip(total, load, strict=True)),
+        }
+
+
+def actor_calls(plan: Plan) -> tuple[list[ActorCall], list[ActorCall]]:
+    """The plan as actor calls: the chain (each taking the previous call's output) and the decode calls (each
+    taking the chain's final state, all at once). Consecutive phases on one actor share a call; when one actor
+    decodes every chunk and ran the last steps, decoding joins that call and the decode list is empty."""
+    chain: list[ActorCall] = []
+    if plan.encode_actor != plan.stages[0].actor:
+        chain.append(ActorCall(plan.encode_actor, True, None, ()))
+    for stage in plan.stages:
+        last = chain[-1] if chain else None
+        if last is not None and last.actor == stage.actor and (last.steps is None or last.steps[1] == stage.start):
+            start = last.steps[0] if last.steps is not None else stage.start
+            chain[-1] = ActorCall(stage.actor, last.encode, (start, stage.stop), ())
+        else:
+            chain.append(ActorCall(stage.actor, not chain, (stage.start, stage.stop), ()))
+    by_actor: dict[int, list[tuple[int, int]]] = {}
+    for d in plan.decode:
+        by_actor.setdefault(d.actor, []).append((d.start, d.stop))
+    if list(by_actor) == [chain[-1].actor]:
+        last = chain[-1]
+        chain[-1] = ActorCall(last.actor, last.encode, last.steps, tuple(by_actor[last.actor]))
+        return chain, []
+    return chain, [ActorCall(actor, False, None, tuple(frames)) for actor, frames in by_actor.items()]
+
+
+def _argmin(values: Sequence[float]) -> int:
+    return min(range(len(values)), key=lambda i: (values[i], i))
+
+
+def _least(
+    total: Sequence[float], prefer: int | None, extra: float, free: set[int] | frozenset[int] = frozenset()
+) -> int:
+    """The least-loaded actor, counting `extra` (a call's turnaround) for actors other than `prefer` and those in
+    `free` (already called for this phase), so that work stays in an existing call when that costs no more."""
+
+    def cost(a: int) -> tuple[float, int, int]:
+        return (total[a] + (0.0 if a == prefer or a in free else extra), 0 if a == prefer else 1, a)
+
+    return min(range(len(total)), key=cost)
