@@ -13,7 +13,6 @@ and at least every `poll_s` too (a change made by another process, e.g. another 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Callable
@@ -134,8 +133,13 @@ async def job_events(
             previous, last_sent = state, time.monotonic()
         if state.final:
             return
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(changed.wait(), poll_s)
+        # asyncio.wait, not wait_for: on Python 3.11 wait_for can swallow a cancel (a client that went away)
+        # that lands as the event fires, and the stream would outlive its connection.
+        waiter = asyncio.ensure_future(changed.wait())
+        try:
+            await asyncio.wait({waiter}, timeout=poll_s)
+        finally:
+            waiter.cancel()
         if time.monotonic() - last_sent >= keepalive_s:
             yield ": keep-alive\n\n"
             last_sent = time.monotonic()
