@@ -449,7 +449,9 @@ class Engine:
             refs.append(item)
             if call.steps is not None and not call.decode:
                 marks.append((item, call.steps[1]))
-        # 2. decode calls, all reading the final state at once (none when the last chain call decoded)
+        # 2. decode calls, all reading the final state at once (none when the last chain call decoded). Under RDT
+        # one ref then goes to several actors, its creator possibly among them; Ray warns that RDT objects are
+        # mutable, which is safe here because no phase writes to its input state (checked by the gloo parity test)
         parts = [self._actors[call.actor].run.remote(item, call) for call in decodes] or [item]
         if decodes:
             refs.extend(parts)
