@@ -206,11 +206,12 @@ def test_queue_full_gives_429_with_retry_after(service):
 
 def test_health_and_openapi(service):
     health = service.client.get("/v1/health").json()
-    assert health["status"] == "ok" and [s["state"] for s in health["stages"]] == ["alive", "alive"]
-    names = [s["name"] for s in health["stages"]]  # svc-<replica id>-denoise-<i>: the replica's own actors
+    assert health["status"] == "ok" and [s["state"] for s in health["stages"]] == ["alive"] * 3
+    names = [s["name"] for s in health["stages"]]  # svc-<replica id>-<role>-<i>: the replica's own actors
     assert len({n.split("-")[1] for n in names}) == 1 and [n.split("-", 2)[2] for n in names] == [
-        "denoise-0",
-        "denoise-1",
+        "model-0",
+        "model-1",
+        "mux-0",
     ]
     spec = service.client.get("/openapi.json").json()
     create = spec["paths"]["/v1/videos"]["post"]
