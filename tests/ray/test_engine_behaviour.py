@@ -43,21 +43,17 @@ def test_pipeline_fill(aloop, sim_engine, png):
     m = 6
 
     async def burst():
-        start = time.perf_counter()
-        results = await asyncio.gather(*[sim_engine.generate(png, params(i), "npy") for i in range(m)])
-        return time.perf_counter() - start, results
+        return await asyncio.gather(*[sim_engine.generate(png, params(i), "npy") for i in range(m)])
 
-    elapsed, results = aloop.run(burst())
+    results = aloop.run(burst())
     assert len({r.request_id for r in results}) == m
-    serial = m * STAGES * STAGE_S  # no overlap at all
-    ideal = (m + STAGES - 1) * STAGE_S  # perfect fill and drain
-    # Overlap must be real: far below serial, and near the fill/drain bound (generous for a 2-core CI box).
-    assert elapsed < 0.7 * serial, (elapsed, serial, ideal)
-    assert elapsed < 1.6 * ideal + 1.0, (elapsed, ideal)
-    # Stages worked on different requests at the same time: some denoise intervals overlap.
-    spans = [(t.started, t.finished) for r in results for t in r.video.trace if t.steps]
-    overlapping = sum(1 for a in spans for b in spans if a < b and a[0] < b[1] and b[0] < a[1])
-    assert overlapping > 0
+    # Overlap must be real, shown by the actors' own records rather than a wall-clock bound (BENCHMARKS.md
+    # measures speed): denoise calls of different requests ran at the same time on different actors.
+    spans = [(r.request_id, t.stage, t.started, t.finished) for r in results for t in r.video.trace if t.steps]
+    overlapping = {
+        (a[0], b[0]) for a in spans for b in spans if a[0] < b[0] and a[1] != b[1] and a[2] < b[3] and b[2] < a[3]
+    }
+    assert overlapping, spans
 
 
 def test_progress_reports_every_step(aloop, sim_engine, png):
