@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import socket
 import threading
 from collections.abc import Coroutine, Iterator
 from typing import Any, TypeVar
@@ -76,3 +77,42 @@ def png() -> bytes:
     buf = io.BytesIO()
     PIL.Image.fromarray(rng.integers(0, 256, (64, 80, 3), dtype=np.uint8)).save(buf, "PNG")
     return buf.getvalue()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def small_engine(name_prefix: str, **overrides: Any):
+    """The tiny two-actor engine config the service tests run behind the API (CPU actors, one thread each)."""
+    from svdpipe.config import EngineConfig
+
+    fields: dict[str, Any] = {
+        "num_stages": 2,
+        "max_inflight": 1,
+        "num_cpus_per_actor": 0.05,
+        "torch_threads": 1,
+        "name_prefix": name_prefix,
+    }
+    return EngineConfig(**{**fields, **overrides})
+
+
+@contextlib.contextmanager
+def serving(config: Any, name: str):
+    """The Serve app built from `config` (a ServiceConfig) on a free loopback port for the duration of a `with`;
+    yields an HTTP client for it and the port."""
+    import httpx
+    from ray import serve
+
+    from svdpipe.service.app import app_builder
+
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(app_builder(config), name=name, route_prefix="/")
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+            yield client, port
+    finally:
+        serve.shutdown()

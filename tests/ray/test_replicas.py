@@ -6,13 +6,12 @@ from __future__ import annotations
 import time
 from types import SimpleNamespace
 
-import httpx
 import pytest
 
-from svdpipe.config import EngineConfig
 from svdpipe.service.config import ServiceConfig
 from tests.pg import PgCluster, find_bin_dir
-from tests.ray.test_service import SMALL, _create, _free_port, _wait
+from tests.ray.conftest import serving, small_engine
+from tests.ray.test_service import SMALL, _create, _wait
 
 pytestmark = pytest.mark.skipif(find_bin_dir() is None, reason="PostgreSQL binaries (initdb, pg_ctl) not installed")
 
@@ -29,11 +28,6 @@ def cluster():
 
 @pytest.fixture(scope="module")
 def replicas(ray_session, cluster, tmp_path_factory):
-    from ray import serve
-
-    from svdpipe.service.app import app_builder
-
-    port = _free_port()
     config = ServiceConfig(
         data_dir=str(tmp_path_factory.mktemp("shared")),
         job_store=cluster.dsn,
@@ -43,19 +37,10 @@ def replicas(ray_session, cluster, tmp_path_factory):
         store_retry_after_s=2,
         max_queue=50,
         replica_cpus=0.1,
-        engine=EngineConfig(
-            num_stages=2,
-            max_inflight=2,
-            num_cpus_per_actor=0.05,
-            torch_threads=1,
-            name_prefix="rep",
-        ),
+        engine=small_engine("rep", max_inflight=2),
     )
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(app_builder(config), name=APP, route_prefix="/")
-    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+    with serving(config, APP) as (client, _port):
         yield SimpleNamespace(client=client, config=config)
-    serve.shutdown()
 
 
 def _records(config: ServiceConfig, ids: list[str]):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import io
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -18,17 +17,11 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from svdpipe.config import EngineConfig
 from svdpipe.service.config import ServiceConfig
+from tests.ray.conftest import serving, small_engine
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = {"num_inference_steps": "2", "num_frames": "3", "height": "48", "width": "64"}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _png(width: int = 64, height: int = 48) -> bytes:
@@ -48,28 +41,16 @@ def _start(config: ServiceConfig) -> None:
 
 @pytest.fixture(scope="module")
 def service(ray_session, tmp_path_factory):
-    from ray import serve
-
-    port = _free_port()
     config = ServiceConfig(
         data_dir=str(tmp_path_factory.mktemp("svc")),
         max_queue=2,
         max_upload_bytes=400_000,
         max_image_pixels=1_000_000,
         replica_cpus=0.1,
-        engine=EngineConfig(
-            num_stages=2,
-            max_inflight=1,
-            num_cpus_per_actor=0.05,
-            torch_threads=1,
-            name_prefix="svc",
-        ),
+        engine=small_engine("svc"),
     )
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    _start(config)
-    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+    with serving(config, "svdpipe-test") as (client, port):
         yield SimpleNamespace(client=client, config=config, port=port)
-    serve.shutdown()
 
 
 def _flat_png(width: int, height: int) -> bytes:

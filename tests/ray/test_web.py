@@ -17,9 +17,8 @@ import httpx
 import PIL.Image
 import pytest
 
-from svdpipe.config import EngineConfig
 from svdpipe.service.config import ServiceConfig
-from tests.ray.test_service import _free_port
+from tests.ray.conftest import serving, small_engine
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "svdpipe" / "assets" / "sample.png"
@@ -39,30 +38,15 @@ STEPS = 6
 
 @pytest.fixture(scope="module")
 def service(ray_session, tmp_path_factory):
-    from ray import serve
-
-    from svdpipe.service.app import app_builder
-
-    port = _free_port()
     config = ServiceConfig(
         data_dir=str(tmp_path_factory.mktemp("web")),
         max_queue=4,
         max_image_pixels=1_000_000,
         replica_cpus=0.1,
-        engine=EngineConfig(
-            num_stages=2,
-            max_inflight=1,
-            num_cpus_per_actor=0.05,
-            torch_threads=1,
-            name_prefix="web",
-        ),
+        engine=small_engine("web"),
     )
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(app_builder(config), name="svdpipe-web-test", route_prefix="/")
-    base = f"http://127.0.0.1:{port}"
-    with httpx.Client(base_url=base, timeout=60) as client:
-        yield SimpleNamespace(client=client, base=base)
-    serve.shutdown()
+    with serving(config, "svdpipe-web-test") as (client, port):
+        yield SimpleNamespace(client=client, base=f"http://127.0.0.1:{port}")
 
 
 def _submit(client: httpx.Client, steps: int = STEPS, **fields: str) -> dict:
