@@ -167,18 +167,23 @@ class Planner:
         c, n = self.costs, self.num_actors
         if shape.num_steps < n:
             raise ValueError(f"{shape.num_steps} steps cannot give each of {n} pipeline stages a step")
-        ranges = request_ranges(shape.num_steps, n, self.step_weights)
         step = c.step_cost(shape.cfg)
         total = list(load)
-        # 1. step ranges, largest first, to the least-loaded actors (one range each)
-        owner: dict[int, int] = {}
-        for i in sorted(range(n), key=lambda i: (-len(ranges[i]), i)):
-            actor = min((a for a in range(n) if a not in owner.values()), key=lambda a: (total[a], a))
-            owner[i] = actor
-            total[actor] += len(ranges[i]) * step + c.call_s
-        stages = tuple(StageAssignment(owner[i], r.start, r.stop) for i, r in enumerate(ranges))
+        # 1. step ranges in actor order (actor i always runs stage i: requests flow through the chain in the same
+        # order, so each actor gets work at a steady cadence); when T does not divide evenly, the spare steps go
+        # to the least-loaded actors, so over a stream of requests they rotate
+        sizes = [len(r) for r in request_ranges(shape.num_steps, n, self.step_weights)]
+        if self.step_weights is None and len(set(sizes)) > 1:
+            base, extra = divmod(shape.num_steps, n)
+            longer = set(sorted(range(n), key=lambda a: (total[a], a))[:extra])
+            sizes = [base + (a in longer) for a in range(n)]
+        stages, start = [], 0
+        for actor, size in enumerate(sizes):
+            stages.append(StageAssignment(actor, start, start + size))
+            total[actor] += size * step + c.call_s
+            start += size
         # 2. encode: the stage-0 actor does it in the same call (no extra call) unless another is less loaded
-        encode_actor = _least(total, prefer=stages[0].actor, extra=c.call_s)
+        encode_actor = _least(total, prefer=0, extra=c.call_s)
         total[encode_actor] += c.encode_s + (0.0 if encode_actor == stages[0].actor else c.call_s)
         # 3. decode chunks: each to the least-loaded actor; one call per actor, however many chunks it decodes
         decode: list[DecodeAssignment] = []
@@ -192,7 +197,7 @@ class Planner:
             "request_id": request_id,
             "parallelism": "pipeline",
             "encode_actor": encode_actor,
-            "stages": stages,
+            "stages": tuple(stages),
             "decode": tuple(decode),
             "work_s": tuple(t - before for t, before in zip(total, load, strict=True)),
         }

@@ -18,11 +18,13 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from svdpipe.planner import CostModel, Planner, RequestShape
-from svdpipe.state import StageTrace
-from svdpipe.timing import HopTiming, busy_fraction, median, percentile
+
+if TYPE_CHECKING:  # state.py imports torch; `svdpipe --help` must stay fast
+    from svdpipe.state import StageTrace
+    from svdpipe.timing import HopTiming
 
 
 def request_work_s(num_steps: int, step_s: float, encode_s: float, decode_s: float) -> float:
@@ -86,6 +88,8 @@ def summarise(samples: Sequence[Sample], workers: int, model_actors: Collection[
 
     `model_actors` names the model-holding actors; the others (mux actors) get their own busy fractions.
     """
+    from svdpipe.timing import busy_fraction, median, percentile
+
     done = sorted(s.done for s in samples)
     a, b = steady_state_window(len(done), workers)
     start, end = done[a], done[b]

@@ -282,15 +282,17 @@ class Engine:
         )
         return buf.getvalue(), params
 
-    async def _warm_up(self, fresh: range | list[int]) -> PhaseCosts:
+    async def _warm_up(self, fresh: range | list[int]) -> PhaseCosts | None:
         """Warm the `fresh` model actors with a request of the model's default shape run inside each (so no user
         request pays first-call costs: lazy initialisation, allocator growth, torch.compile for the default
-        shape), then one request through every actor's hops; returns the median phase costs they measured."""
+        shape), then one request through every actor's hops; returns the median phase costs they measured
+        (None when no actor was fresh: a rebuild that only remade the collective group)."""
         png, params = self._warmup_request(self.config.num_stages)
         costs = await asyncio.gather(*[self._actors[i].warm_up.remote(png, params) for i in fresh])
-        measured = median_costs(list(costs))
+        measured = median_costs(list(costs)) if costs else None
         # One pipeline plan visits every model actor (and a mux actor), warming the transport between them.
-        planner = Planner(len(self._actors), len(self._muxers), self._cost_model(measured))
+        cost_model = self._cost_model(measured) if measured is not None else self._planner_costs()
+        planner = Planner(len(self._actors), len(self._muxers), cost_model)
         plan = planner.plan("warmup", RequestShape(params.num_inference_steps, params.num_frames, params.num_frames))
         split = None
         if self.config.latency_mode in ("cfg-split", "auto"):  # warm the helpers' exchange as well
@@ -315,7 +317,12 @@ class Engine:
             call_s=_CALL_S,
         )
 
-    def _make_planner(self, measured: PhaseCosts) -> Planner:
+    def _planner_costs(self) -> CostModel:
+        assert self.planner is not None, "a rebuild without fresh actors happens only after start"
+        return self.planner.costs
+
+    def _make_planner(self, measured: PhaseCosts | None) -> Planner:
+        assert measured is not None, "start warms every model actor, so they all measured"
         return Planner(
             len(self.layout),
             len(self.mux_layout),
@@ -534,7 +541,9 @@ class Engine:
             refs.append(item)
             if call.steps is not None and not call.decode:
                 marks.append((item, call.steps[1]))
-        # 2. decode calls, all reading the final state at once (none when the last chain call decoded)
+        # 2. decode calls, all reading the final state at once (none when the last chain call decoded). Under RDT
+        # one ref then goes to several actors, its creator possibly among them; Ray warns that RDT objects are
+        # mutable, which is safe here because no phase writes to its input state (checked by the gloo parity test)
         parts = [self._actors[call.actor].run.remote(item, call) for call in decodes] or [item]
         if decodes:
             refs.extend(parts)

@@ -90,7 +90,7 @@ class StageHealth(BaseModel):
 
     name: str
     role: str
-    state: Literal["alive", "dead"]
+    state: Literal["alive", "dead", "unknown"]  # unknown: Ray's control plane did not answer
 
 
 class Health(BaseModel):

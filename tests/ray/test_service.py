@@ -206,8 +206,8 @@ def test_queue_full_gives_429_with_retry_after(service):
 
 def test_health_and_openapi(service):
     health = service.client.get("/v1/health").json()
-    assert health["status"] == "ok" and [s["state"] for s in health["stages"]] == ["alive", "alive"]
-    assert [s["name"] for s in health["stages"]] == ["svc-denoise-0", "svc-denoise-1"]
+    assert health["status"] == "ok" and [s["state"] for s in health["stages"]] == ["alive"] * 3
+    assert [s["name"] for s in health["stages"]] == ["svc-model-0", "svc-model-1", "svc-mux-0"]
     spec = service.client.get("/openapi.json").json()
     create = spec["paths"]["/v1/videos"]["post"]
     assert set(create["requestBody"]["content"]) == {"multipart/form-data", "application/json"}

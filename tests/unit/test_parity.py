@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from svdpipe import stages
 from svdpipe.config import VideoParams, resolve_params
@@ -84,3 +85,36 @@ def test_denoise_rejects_a_state_at_the_wrong_step(tiny_model, image):
         stages.denoise(tiny_model, state, range(2, 4))
     with pytest.raises(RuntimeError, match="decoded at step 0"):
         stages.decode(tiny_model, state)
+
+
+def test_decode_chunks_equal_the_whole_decode(tiny_model, reference_pipe, image):
+    """Each of diffusers' decode chunks, decoded on its own (as on another actor), equals those frames of the
+    whole decode, which equals diffusers; uint8 video frames equal diffusers' own rounding."""
+    from svdpipe.planner import decode_chunks
+    from svdpipe.video import to_uint8
+
+    params = resolve_params(
+        VideoParams(num_inference_steps=3, num_frames=5, decode_chunk_size=2, seed=9), tiny_model.spec
+    )
+    state = stages.encode(tiny_model, image, params, "req")
+    state = stages.denoise(tiny_model, state, range(3))
+    whole = stages.decode(tiny_model, state)
+    pieces = [stages.decode(tiny_model, state, chunk) for chunk in decode_chunks(5, 2)]
+    np.testing.assert_array_equal(np.concatenate(pieces), whole)
+    np.testing.assert_allclose(whole, diffusers_frames(reference_pipe, image, params), atol=TOLERANCE)
+    np.testing.assert_array_equal(to_uint8(whole), (whole * 255).round().astype("uint8"))  # numpy_to_pil's rounding
+    with pytest.raises(ValueError, match="decode chunks"):
+        stages.decode(tiny_model, state, (1, 3))
+
+
+def test_encode_leaves_the_shared_pipeline_alone(tiny_model, image):
+    """encode must not touch shared state: two requests may be in one actor at once."""
+    scheduler = tiny_model.pipe.scheduler
+    before = (scheduler.num_inference_steps, scheduler.timesteps.clone() if scheduler.timesteps is not None else None)
+    a = stages.encode(tiny_model, image, resolve_params(VideoParams(num_inference_steps=4, seed=1), tiny_model.spec))
+    b = stages.encode(tiny_model, image, resolve_params(VideoParams(num_inference_steps=9, seed=1), tiny_model.spec))
+    assert (a.num_steps, b.num_steps) == (4, 9)
+    assert scheduler.num_inference_steps == before[0]
+    if before[1] is not None:
+        assert torch.equal(scheduler.timesteps, before[1])
+    assert tiny_model.pipe.vae.dtype == torch.float32
