@@ -40,7 +40,7 @@ def find_bin_dir() -> Path | None:
     return Path(candidates[-1]).parent if candidates else None
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -54,7 +54,7 @@ class PgCluster:
         if bin_dir is None:
             raise RuntimeError("PostgreSQL is not installed (no initdb): apt-get install postgresql")
         self.bin_dir = bin_dir
-        self.port = _free_port()
+        self.port = free_port()
         self.user = "postgres" if os.geteuid() == 0 else pwd.getpwuid(os.geteuid()).pw_name
         self.root = Path(tempfile.mkdtemp(prefix="svdpipe-pg-"))
         self.data = self.root / "data"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
-import socket
 import threading
 from collections.abc import Coroutine, Iterator
 from typing import Any, TypeVar
@@ -79,12 +78,6 @@ def png() -> bytes:
     return buf.getvalue()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def small_engine(name_prefix: str, **overrides: Any):
     """The tiny two-actor engine config the service tests run behind the API (CPU actors, one thread each)."""
     from svdpipe.config import EngineConfig
@@ -107,6 +100,7 @@ def serving(config: Any, name: str):
     from ray import serve
 
     from svdpipe.service.app import app_builder
+    from tests.pg import free_port
 
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
