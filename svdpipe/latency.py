@@ -35,7 +35,6 @@ def plan_cfg_split(
     guidance: bool,
     owners: Sequence[int],
     load: Sequence[float],
-    exchange_ok: bool = True,
 ) -> SplitPlan:
     """Choose helpers for one request whose stage range i is owned by actor `owners[i]` (chain order).
 
@@ -59,8 +58,6 @@ def plan_cfg_split(
         return SplitPlan(unsplit, "guidance off (max_guidance_scale <= 1): a single batch, nothing to split")
     if len(load) < 2:
         return SplitPlan(unsplit, "one model actor: no second actor to help")
-    if not exchange_ok:
-        return SplitPlan(unsplit, "the transport cannot exchange halves (cfg-split needs object-store actors)")
     others = [a for a in range(len(load)) if a not in owners]
     helpers: list[int | None] = []
     for i in range(n):

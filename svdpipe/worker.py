@@ -161,10 +161,11 @@ class ModelWorker:
         return PhaseCosts(t1 - t0, (t2 - t1) / params.num_inference_steps, (t3 - t2) / params.num_frames)
 
     def run(
-        self, item: EncodeRequest | RequestState, call: ActorCall, exchange: Any = None
+        self, item: EncodeRequest | RequestState, call: ActorCall, exchange: Any = None, host: bool = False
     ) -> RequestState | DecodedFrames:
         """Run `call`'s phases on `item`: a RequestState out, or decoded frames when the call decodes. With
-        `exchange` (an engine.exchange.HalfExchange) a helper actor computes each step's conditional half."""
+        `exchange` (an engine.exchange.HalfExchange) a helper actor computes each step's conditional half; with
+        `host` a state comes back in host memory (for the engine's own process, which holds no device)."""
         with self._pending_lock:
             self._pending += 1
         try:
@@ -173,7 +174,8 @@ class ModelWorker:
             with self._pending_lock:
                 self._pending -= 1
         try:
-            return self._run(item, call, exchange)
+            result = self._run(item, call, exchange)
+            return result.to("cpu") if host and isinstance(result, RequestState) else result
         finally:
             self._lock.release()
 
@@ -198,13 +200,14 @@ class ModelWorker:
         try:
             started = time.time()
             out = stages.predict_half(self.model, state, latents, i, 1)
-            return out, time.time() - started
+            return out.cpu(), time.time() - started  # host memory: see engine/exchange.py
         finally:
             self._lock.release()
 
     def solve(self, state: RequestState, latents: torch.Tensor, start: int, stop: int, coarse: bool) -> torch.Tensor:
         """A parareal solve of block [start, stop) from `latents`: the block's own steps (fine) or one Euler
-        step across it (coarse); `state` carries the request's conditioning."""
+        step across it (coarse); `state` carries the request's conditioning. The result is in host memory: the
+        engine's driver, which combines the solves, holds no device."""
         from svdpipe import stages
 
         with self._lock:
@@ -214,7 +217,7 @@ class ModelWorker:
             else:
                 out = stages.denoise(self.model, at_start, range(start, stop))
             self.idle_since = time.time()
-            return out.latents
+            return out.latents.cpu()
 
     def _run(
         self, item: EncodeRequest | RequestState, call: ActorCall, exchange: Any = None

@@ -194,13 +194,9 @@ class Engine:
         if spec.role == "mux":
             return await self._create(ray.remote(MuxWorker), spec, {"num_cpus": self.config.num_cpus_per_actor})
         rdt = self.transport in _RDT
-        # Object-store actors get a thread of their own for CFG halves they compute as a helper, so a half is
-        # never queued behind this actor's own calls (RDT actors stay single-threaded: no CFG split there).
-        cls = (
-            ray.remote(enable_tensor_transport=True)(ModelWorker)
-            if rdt
-            else ray.remote(concurrency_groups={"help": 1})(ModelWorker)
-        )
+        # Every model actor gets a thread of its own for the CFG halves it computes as a helper, so a half is
+        # never queued behind this actor's own calls; RDT's transfers stay on the single default thread.
+        cls = ray.remote(enable_tensor_transport=rdt, concurrency_groups={"help": 1})(ModelWorker)
         options: dict[str, Any] = {
             "num_cpus": self.config.num_cpus_per_actor,
             "num_gpus": self.config.num_gpus_per_actor,
@@ -295,7 +291,7 @@ class Engine:
         split = None
         if self.config.latency_mode in ("cfg-split", "auto"):  # warm the helpers' exchange as well
             owners = [st.actor for st in plan.stages]
-            split = plan_cfg_split("cfg-split", True, owners, [0.0] * len(self._actors), self._can_split)
+            split = plan_cfg_split("cfg-split", True, owners, [0.0] * len(self._actors))
         refs = self._submit(plan, EncodeRequest("warmup", png, params, "npy", time.time()), split)
         await refs[-1]
         return measured
@@ -478,28 +474,23 @@ class Engine:
                 inf.parareal,
             )
 
-    @property
-    def _can_split(self) -> bool:
-        """CFG halves and parareal solves travel over the object store, between actors with a helper thread."""
-        return self.transport == "object_store"
-
     def _split_plan(self, plan: Plan, params: ResolvedParams) -> SplitPlan:
         """Who helps which stage of this plan (the decision is latency.plan_cfg_split's, on the load ledger)."""
         owners = [st.actor for st in plan.stages]
         cfg = params.do_classifier_free_guidance
-        return plan_cfg_split(self.config.latency_mode, cfg, owners, self._load, self._can_split)
+        return plan_cfg_split(self.config.latency_mode, cfg, owners, self._load)
 
     def _parareal_now(self, request_id: str, plan: Plan) -> bool:
         """Parareal is for one request on an idle pipeline; otherwise the request runs its plan as usual."""
         if self.config.latency_mode != "parareal":
             return False
         alone = all(r == request_id for r in self._inflight)
-        if alone and len(plan.stages) > 1 and self._can_split:
+        if alone and len(plan.stages) > 1:
             return True
         logger.info(
             "request %s: runs its plan, not parareal (%s)",
             request_id,
-            "other requests in flight" if not alone else "parareal needs >= 2 stages on object-store actors",
+            "other requests in flight" if not alone else "parareal needs >= 2 stages",
         )
         return False
 

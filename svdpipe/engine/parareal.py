@@ -1,6 +1,8 @@
 """Parareal on the model actors: the engine drives svdpipe.parareal's iterations over the plan's stages, each
 stage's actor runs that block's fine solve (its own step range) and its coarse step; encode, decode and mux
-run where the plan puts them."""
+run where the plan puts them. Solves go over the object store in host memory whatever the hand-off transport
+(the driver combines them and holds no device); a solve's inputs and outputs are one latent tensor, 1.8 MB fp16
+for SVD-XT at 576x1024, against a block of ~3 steps of ~0.76 s each on an H100."""
 
 from __future__ import annotations
 
@@ -33,7 +35,7 @@ async def run_parareal(engine: Engine, inf: _Inflight, req: EncodeRequest, plan:
 
     # 1. encode
     encode = ActorCall(plan.encode_actor, True, None, ())
-    state: RequestState = await submit(actors[plan.encode_actor].run.remote(req, encode))
+    state: RequestState = await submit(actors[plan.encode_actor].run.remote(req, encode, None, True))
     cond = ray.put(state)  # the conditioning travels once; each solve sends only the latents
 
     # 2. denoise: parareal over the stage blocks, each solve on its stage's actor

@@ -52,6 +52,23 @@ def test_cfg_split_equals_diffusers(aloop, png, reference_pipe):
             assert "guidance off" in one.split_reason
 
 
+def test_latency_modes_on_a_tensor_transport(aloop, png, reference_pipe, local_one_thread):
+    """Hand-offs over Ray Direct Transport (gloo here, NCCL / CUDA IPC on GPUs): the CFG halves and the parareal
+    solves still go through host memory on the object store, so both modes run and stay exact."""
+    params = REQUESTS[0]
+    for mode in ("cfg-split", "parareal"):
+        with running_engine(aloop, num_stages=3, transport="gloo", latency_mode=mode, name_prefix="lm-gloo") as eng:
+            assert eng.transport == "gloo"
+            result = aloop.run(eng.generate(png, params, "npy"))
+        want = diffusers_frames(reference_pipe, load_image(png), result.params)
+        assert float(np.abs(frames(result) - want).max()) <= TOLERANCE
+        if mode == "cfg-split":
+            assert result.split and all(t.split_steps == t.steps for t in result.video.trace if t.steps)
+        else:
+            assert result.parareal is not None and result.parareal.exact
+            np.testing.assert_array_equal(frames(result), local_one_thread(params))
+
+
 def test_auto_splits_an_idle_pipeline_only(aloop, png, reference_pipe):
     with running_engine(
         aloop, num_stages=3, transport="object_store", latency_mode="auto", simulate_step_ms=100.0

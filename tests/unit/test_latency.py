@@ -63,11 +63,6 @@ def test_cfg_split_is_forced_even_under_load():
     assert plan_cfg_split("cfg-split", True, chain([5, 5, 5]), [5, 5, 5]).helpers == (1, 2, 0)
 
 
-def test_transport_without_exchange_runs_unsplit():
-    plan = plan_cfg_split("cfg-split", True, chain([0, 0]), [0, 0], exchange_ok=False)
-    assert not plan.split and "transport" in plan.reason
-
-
 def test_bad_load_is_an_error():
     with pytest.raises(ValueError, match=">= 0"):
         plan_cfg_split("auto", True, chain([0, -1]), [0, -1])
