@@ -304,8 +304,10 @@ class JobManager:
             return
         # How the job ran (nothing of it changes the frames beyond fp32 rounding): kept with its parameters.
         ran: dict[str, Any] = {"latency_mode": self.engine.config.latency_mode, "cfg_split": result.split}
-        if result.parareal is not None:
+        if result.parareal is not None:  # issue 13: iterations, UNet evaluations in total, final change
             ran["parareal_iterations"] = result.parareal.iterations
+            ran["parareal_unet_evals"] = result.parareal.unet_evals
+            ran["parareal_final_change"] = result.parareal.final_change
         self.metrics.latency_mode(result.split, sum(t.helper_s for t in result.video.trace))
         self._record(
             job_id,

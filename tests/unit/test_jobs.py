@@ -37,6 +37,8 @@ class FakeEngine:
     calls: list[str] = field(default_factory=list)
     cancelled: set[str] = field(default_factory=set)
     running: set[str] = field(default_factory=set)
+    split: bool = False  # what the engine reports: the request's guidance halves ran on two actors
+    parareal: Any = None  # what the engine reports of a parareal solve (PararealStats), or None
 
     def __post_init__(self) -> None:
         self.config = EngineConfig(num_stages=2, max_inflight=self.max_inflight)
@@ -58,7 +60,7 @@ class FakeEngine:
         finally:
             self.running.discard(request_id)
         video = SimpleNamespace(data=f"video:{request_id}:{params.seed}".encode(), trace=())
-        return SimpleNamespace(video=video, timings=[], latency_s=0.0, split=False, parareal=None)
+        return SimpleNamespace(video=video, timings=[], latency_s=0.0, split=self.split, parareal=self.parareal)
 
     def cancel(self, request_id: str) -> bool:
         if request_id in self.running:
@@ -107,6 +109,40 @@ def test_random_seed_is_recorded(tmp_path):
 
     record = asyncio.run(scenario())
     assert 0 <= record.seed < 2**63 and record.parameters["seed"] == record.seed
+
+
+def _ran(tmp_path, engine: FakeEngine) -> dict[str, Any]:
+    """The parameters a completed job is recorded with."""
+
+    async def scenario():
+        manager = _manager(tmp_path, engine)
+        await manager.start()
+        record = manager.submit(_png(), VideoParams(num_inference_steps=3, seed=1), "mp4")
+        done = await _wait_status(manager, record.id, ("completed",))
+        await manager.stop()
+        return done
+
+    ran = asyncio.run(scenario()).parameters
+    assert ran["num_inference_steps"] == 3 and ran["seed"] == 1
+    return ran
+
+
+def test_a_split_job_records_it(tmp_path):
+    engine = FakeEngine(split=True)
+    engine.config = EngineConfig(num_stages=2, max_inflight=2, latency_mode="cfg-split")
+    ran = _ran(tmp_path, engine)
+    assert ran["latency_mode"] == "cfg-split" and ran["cfg_split"] is True
+    assert not any(k.startswith("parareal_") for k in ran)
+
+
+def test_a_parareal_job_records_its_solve(tmp_path):
+    from svdpipe.parareal import PararealStats
+
+    stats = PararealStats(iterations=2, exact=False, final_change=0.125, fine_solves=5, coarse_solves=4, unet_evals=9)
+    ran = _ran(tmp_path, FakeEngine(parareal=stats))
+    assert ran["cfg_split"] is False
+    # issue 13: iterations, UNet evaluations in total, final change
+    assert (ran["parareal_iterations"], ran["parareal_unet_evals"], ran["parareal_final_change"]) == (2, 9, 0.125)
 
 
 def test_bad_parameters_are_rejected_before_queueing(tmp_path):
