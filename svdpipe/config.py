@@ -157,16 +157,7 @@ class ResolvedParams(BaseModel):
         return self.max_guidance_scale > 1
 
 
-def check_steps_cover_stages(num_inference_steps: int, num_stages: int) -> None:
-    """Every denoise stage runs at least one step."""
-    if num_inference_steps < num_stages:
-        raise InvalidRequestError(
-            f"num_inference_steps ({num_inference_steps}) must be at least the number of denoise "
-            f"stages ({num_stages}): every stage runs at least one step"
-        )
-
-
-def resolve_params(params: VideoParams, spec: ModelSpec, num_stages: int = 1) -> ResolvedParams:
+def resolve_params(params: VideoParams, spec: ModelSpec) -> ResolvedParams:
     """Fill model defaults, pick a random seed if none, and check what depends on the model."""
     import secrets
 
@@ -179,7 +170,6 @@ def resolve_params(params: VideoParams, spec: ModelSpec, num_stages: int = 1) ->
             f"{height}x{width}. Nearest valid: "
             f"{max(m, round(height / m) * m)}x{max(m, round(width / m) * m)}"
         )
-    check_steps_cover_stages(params.num_inference_steps, num_stages)
     num_frames = params.num_frames if params.num_frames is not None else spec.default_num_frames
     values = params.model_dump()
     values.update(

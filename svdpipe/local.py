@@ -32,7 +32,8 @@ class VideoResult:
 
 
 class LocalPipeline:
-    """Runs requests in this process, still split into `config.num_stages` step ranges."""
+    """Runs requests in this process, still split into `config.num_stages` step ranges (one per step when a
+    request has fewer steps, as the engine's planner does)."""
 
     def __init__(self, config: EngineConfig, model: SVDModel | None = None) -> None:
         self.config = config
@@ -52,11 +53,13 @@ class LocalPipeline:
         on_step: Callable[[int], None] | None = None,
         request_id: str | None = None,
     ) -> VideoResult:
-        resolved = resolve_params(params, self.model.spec, self.config.num_stages)
+        resolved = resolve_params(params, self.model.spec)
         request_id = request_id or uuid.uuid4().hex
         # 1. encode
         state = stages.encode(self.model, image, resolved, request_id)
-        ranges = request_ranges(resolved.num_inference_steps, self.config.num_stages, self.config.step_weights)
+        ranges = request_ranges(
+            resolved.num_inference_steps, min(self.config.num_stages, resolved.num_inference_steps), self.config.step_weights
+        )
         stats = None
         if self.config.latency_mode == "parareal":
             # 2. denoise by parareal over the stage blocks (the fine solves one after another here: the same

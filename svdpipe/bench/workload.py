@@ -133,7 +133,7 @@ class BenchRun:
         from svdpipe.config import resolve_params
         from svdpipe.models import model_spec
 
-        return resolve_params(self.video_params(seed), model_spec(self.s.model), self.s.stages)
+        return resolve_params(self.video_params(seed), model_spec(self.s.model))
 
     def engine_config(self, mode: Mode) -> EngineConfig:
         from svdpipe.config import EngineConfig

@@ -29,7 +29,6 @@ from svdpipe.config import (
     OutputFormat,
     ResolvedParams,
     VideoParams,
-    check_steps_cover_stages,
     resolve_params,
 )
 from svdpipe.engine.exchange import HalfExchange
@@ -271,9 +270,7 @@ class Engine:
 
         buf = io.BytesIO()
         PIL.Image.new("RGB", (self.spec.default_width, self.spec.default_height), (127, 127, 127)).save(buf, "PNG")
-        params = resolve_params(
-            VideoParams(num_inference_steps=steps, seed=0, max_guidance_scale=2.0), self.spec, self.config.num_stages
-        )
+        params = resolve_params(VideoParams(num_inference_steps=steps, seed=0, max_guidance_scale=2.0), self.spec)
         return buf.getvalue(), params
 
     async def _warm_up(self, fresh: range | list[int]) -> PhaseCosts | None:
@@ -348,8 +345,7 @@ class Engine:
         if not self._started or self._slots is None:
             raise RequestFailedError("the engine is not running")
         if isinstance(params, VideoParams):
-            params = resolve_params(params, self.spec, self.config.num_stages)
-        check_steps_cover_stages(params.num_inference_steps, self.config.num_stages)  # resolved elsewhere
+            params = resolve_params(params, self.spec)
         request_id = request_id or uuid.uuid4().hex
         if request_id in self._inflight:
             raise ValueError(f"request {request_id} is already running")

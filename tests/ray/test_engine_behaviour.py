@@ -98,8 +98,8 @@ def test_timeout_fires_and_engine_keeps_serving(aloop, sim_engine, png):
 
 
 def test_bad_requests_are_client_errors(aloop, sim_engine, png):
-    with pytest.raises(InvalidRequestError, match="at least the number of denoise stages"):
-        aloop.run(sim_engine.generate(png, VideoParams(num_inference_steps=2), "npy"))
+    with pytest.raises(InvalidRequestError, match="multiples of 8"):
+        aloop.run(sim_engine.generate(png, VideoParams(num_inference_steps=2, height=60), "npy"))
     with pytest.raises(InvalidRequestError, match="not a readable image"):
         aloop.run(sim_engine.generate(b"not an image", params(5), "npy"))
 

@@ -24,6 +24,7 @@ REQUESTS = [
     VideoParams(num_inference_steps=7, seed=3, height=48, width=80, min_guidance_scale=2.0, max_guidance_scale=2.5),
     VideoParams(num_inference_steps=9, seed=1, fps=10, motion_bucket_id=20, decode_chunk_size=1),
     VideoParams(num_inference_steps=7, seed=4, num_frames=5, decode_chunk_size=2),
+    VideoParams(num_inference_steps=2, seed=5),  # fewer steps than the 3- and 7-actor pipelines have actors
 ]
 
 

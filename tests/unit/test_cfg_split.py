@@ -41,7 +41,7 @@ def run_split_cfg(model, image, params, num_stages: int) -> np.ndarray:
     ],
 )
 def test_cfg_split_equals_diffusers(tiny_model, reference_pipe, image, steps, num_stages, extra):
-    params = resolve_params(VideoParams(num_inference_steps=steps, **extra), tiny_model.spec, num_stages)
+    params = resolve_params(VideoParams(num_inference_steps=steps, **extra), tiny_model.spec)
     ours = run_split_cfg(tiny_model, image, params, num_stages)
     ref = diffusers_frames(reference_pipe, image, params)
     assert ours.shape == ref.shape

@@ -71,7 +71,6 @@ def test_generate_npy_matches_local_pipeline(tmp_path):
     ("args", "message"),
     [
         (["--height", "60"], "multiples of 8"),
-        (["--stages", "9", "--num-inference-steps", "4"], "at least the number of denoise stages"),
         (["--num-frames", "0"], "num_frames"),
         (["--model", "/no/such/model"], "neither a built-in model"),
         (["--image", "/no/such.png"], "image file not found"),

@@ -145,7 +145,7 @@ def test_schedule_grows_with_iterations_and_never_computes_less_than_serial(leng
     ],
 )
 def test_parareal_tol_zero_equals_diffusers(tiny_model, reference_pipe, image, steps, num_stages, extra):
-    params = resolve_params(VideoParams(num_inference_steps=steps, **extra), tiny_model.spec, num_stages)
+    params = resolve_params(VideoParams(num_inference_steps=steps, **extra), tiny_model.spec)
     blocks = partition_steps(steps, num_stages)
     state = stages.encode(tiny_model, image, params, "req")
     solved, stats = solve_parareal(tiny_model, state, blocks, tol=0.0)
@@ -159,7 +159,7 @@ def test_parareal_tol_zero_equals_diffusers(tiny_model, reference_pipe, image, s
 
 
 def test_parareal_with_a_tolerance_stays_within_the_block_count(tiny_model, image):
-    params = resolve_params(VideoParams(num_inference_steps=8, seed=1, num_frames=3), tiny_model.spec, 4)
+    params = resolve_params(VideoParams(num_inference_steps=8, seed=1, num_frames=3), tiny_model.spec)
     blocks = partition_steps(8, 4)
     state = stages.encode(tiny_model, image, params, "req")
     _, stats = solve_parareal(tiny_model, state, blocks, tol=1e-2)

@@ -35,7 +35,7 @@ CASES = [
 
 @pytest.mark.parametrize(("steps", "num_stages", "extra"), CASES)
 def test_split_equals_diffusers(tiny_model, reference_pipe, image, steps, num_stages, extra):
-    params = resolve_params(VideoParams(num_inference_steps=steps, **extra), tiny_model.spec, num_stages)
+    params = resolve_params(VideoParams(num_inference_steps=steps, **extra), tiny_model.spec)
     ours = run_split(tiny_model, image, params, num_stages)
     ref = diffusers_frames(reference_pipe, image, params)
     assert ours.shape == ref.shape == (params.num_frames, params.height, params.width, 3)
@@ -60,7 +60,7 @@ def test_seed_changes_output(tiny_model, image):
 def test_saved_directory_round_trip(tmp_path, reference_pipe, image):
     reference_pipe.save_pretrained(tmp_path / "tiny")
     model = load_model(str(tmp_path / "tiny"), "fp32", "cpu")
-    params = resolve_params(VideoParams(num_inference_steps=5, seed=7, num_frames=3), model.spec, 2)
+    params = resolve_params(VideoParams(num_inference_steps=5, seed=7, num_frames=3), model.spec)
     ours = run_split(model, image, params, 2)
     ref = diffusers_frames(reference_pipe, image, params)
     assert float(np.abs(ours - ref).max()) <= TOLERANCE
