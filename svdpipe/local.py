@@ -57,8 +57,8 @@ class LocalPipeline:
         request_id = request_id or uuid.uuid4().hex
         # 1. encode
         state = stages.encode(self.model, image, resolved, request_id)
-        steps = resolved.num_inference_steps
-        ranges = request_ranges(steps, min(self.config.num_stages, steps), self.config.step_weights)
+        total = resolved.num_inference_steps
+        ranges = request_ranges(total, min(self.config.num_stages, total), self.config.step_weights)
         stats = None
         if self.config.latency_mode == "parareal":
             # 2. denoise by parareal over the stage blocks (the fine solves one after another here: the same
