@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import numpy as np
 import PIL.Image
@@ -19,6 +21,7 @@ from svdpipe.simulate import SimulatedCosts, install_stand_ins
 from svdpipe.state import RequestState
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -96,5 +99,16 @@ def solve_parareal(
     async def coarse(n: int, latents):
         return stages.coarse_step(model, state.advanced(latents, blocks[n].start), blocks[n]).latents
 
-    latents, stats = asyncio.run(parareal.parareal(state.latents, blocks, fine, coarse, tol, max_iters))
+    latents, stats = _run_to_end(parareal.parareal(state.latents, blocks, fine, coarse, tol, max_iters))
     return state.advanced(latents, blocks[-1].stop), stats
+
+
+def _run_to_end(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine to its end from synchronous code, also when the caller is inside an event loop (a
+    server or the bench calling the local path): then on a thread of its own, with its own loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()

@@ -188,8 +188,8 @@ class ModelWorker:
         from svdpipe import stages
         from svdpipe.latency import should_help
 
-        if state is not None:
-            self._helping[key] = state
+        if state is not None:  # arrives in host memory: onto this actor's device once per range
+            self._helping[key] = state.to(self.model.device)
             while len(self._helping) > _MAX_HELPED:
                 self._helping.pop(next(iter(self._helping)))
         state = self._helping.pop(key, None) if last else self._helping.get(key)

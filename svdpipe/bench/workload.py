@@ -171,8 +171,9 @@ class BenchRun:
         s = self.s
         torch.set_num_threads(s.torch_threads)
         t0 = time.perf_counter()
-        config = self.engine_config("sequential")
-        # The local path runs the same stand-ins as the actors (LocalPipeline installs them).
+        # The local path runs the same stand-ins as the actors (LocalPipeline installs them), serially: a latency
+        # mode is measured against the plain single-process path (idle_latency_ratio), not against itself.
+        config = self.engine_config("sequential").model_copy(update={"latency_mode": "off"})
         self.local = LocalPipeline(config, load_model(s.model, s.dtype, "auto"))
         if s.profile is not None:
             self.profile, source = CostProfile.load(s.profile), s.profile

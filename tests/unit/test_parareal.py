@@ -173,3 +173,18 @@ def test_changes_are_reported_per_iteration():
     _, stats = asyncio.run(parareal.parareal(torch.linspace(0.1, 3.0, 9, dtype=torch.float64), blocks, fine, coarse))
     assert len(stats.changes) == stats.iterations == 4
     assert stats.changes[-1] == stats.final_change
+
+
+def test_the_local_path_runs_parareal_from_inside_an_event_loop(tiny_model, image):
+    """A server or the bench calls the single-process path from async code: no 'asyncio.run() cannot be called
+    from a running event loop'."""
+    params = resolve_params(VideoParams(num_inference_steps=4, seed=2, num_frames=2), tiny_model.spec)
+    blocks = partition_steps(4, 2)
+    state = stages.encode(tiny_model, image, params, "req")
+    outside, _ = solve_parareal(tiny_model, state, blocks)
+
+    async def inside():
+        return solve_parareal(tiny_model, state, blocks)
+
+    solved, stats = asyncio.run(inside())
+    assert stats.exact and torch.equal(solved.latents, outside.latents)
