@@ -101,7 +101,7 @@ def summarise(samples: Sequence[Sample], workers: int, model_actors: Collection[
     later = [t for s in measured for t in s.timings[1:]]
     idle_hops = [t.hop_ms for t in later if t.queue_ms <= 0]
     busy_hops = [t.hop_ms for t in later if t.queue_ms > 0]
-    dispatch = [s.timings[0].hop_ms for s in measured]
+    dispatch = [s.timings[0].hop_ms for s in measured if s.timings]  # a parareal request has no hop timings
     steps = [t.step_ms for s in measured for t in s.timings if t.steps]
     # Busy fraction of each actor over the span in which it worked on the measured requests (the first one's
     # start to the last one's finish): a window of completions would count the idle drain at the end.
@@ -123,7 +123,7 @@ def summarise(samples: Sequence[Sample], workers: int, model_actors: Collection[
         "per_hop_p95_ms": percentile([t.hop_ms for t in later], 95) if later else None,
         "hop_into_idle_actor_ms": median(idle_hops) if idle_hops else None,
         "hop_into_busy_actor_ms": median(busy_hops) if busy_hops else None,
-        "dispatch_ms": median(dispatch),
+        "dispatch_ms": median(dispatch) if dispatch else None,
         "actor_step_ms": median(steps) if steps else None,
         "busy_fraction": {k: v for k, v in busy.items() if is_model(k)},
         "mux_busy_fraction": {k: v for k, v in busy.items() if not is_model(k)},

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 
 import pytest
@@ -110,6 +111,16 @@ def test_summarise_on_a_fake_pipeline():
         assert fraction == pytest.approx(60 / 62, abs=0.01)
     eff = efficiency(out["samples_per_hour"], ideal_samples_per_hour(4, request_work_s(12, 0.020, 0.0, 0.0)))
     assert eff == pytest.approx(60 / 62)
+
+
+def test_summarise_with_requests_that_carry_no_hop_timings():
+    """A parareal request (alone on the engine) comes back without hop timings; the run still summarises."""
+    samples = fake_run(n_stages=4, stage_s=0.060, hop_s=0.002, total=16)
+    samples[5] = dataclasses.replace(samples[5], timings=())
+    samples[9] = dataclasses.replace(samples[9], timings=())
+    out = summarise(samples, workers=4)
+    assert out["measured_requests"] == 12 and out["dispatch_ms"] == pytest.approx(2.0)
+    assert summarise([dataclasses.replace(s, timings=()) for s in samples], workers=4)["dispatch_ms"] is None
 
 
 def test_parallel_decode_entries_share_their_input():
