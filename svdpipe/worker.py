@@ -122,7 +122,6 @@ class ModelWorker:
         self._pending = 0  # calls entered but waiting for the lock: a helper declines halves meanwhile
         self._pending_lock = threading.Lock()
         self._helping: dict[str, RequestState] = {}  # conditioning of the ranges this actor helps with
-        self._ended_runs: dict[str, None] = {}  # parareal runs that have their result (ordered, bounded)
         _quiet_zero_copy_warnings()
         self.idle_since = time.time()
         logger.info("%s ready on %s", spec.name, self.model.device)
@@ -205,18 +204,13 @@ class ModelWorker:
         finally:
             self._lock.release()
 
-    def solve(
-        self, state: RequestState, latents: torch.Tensor, start: int, stop: int, coarse: bool, run: str = ""
-    ) -> torch.Tensor | None:
+    def solve(self, state: RequestState, latents: torch.Tensor, start: int, stop: int, coarse: bool) -> torch.Tensor:
         """A parareal solve of block [start, stop) from `latents`: the block's own steps (fine) or one Euler
         step across it (coarse); `state` carries the request's conditioning. The result is in host memory: the
-        engine's driver, which combines the solves, holds no device. None, without computing, once the solve's
-        parareal `run` has been ended by `end_parareal` (a speculative solve the result no longer needs)."""
+        engine's driver, which combines the solves, holds no device."""
         from svdpipe import stages
 
         with self._lock:
-            if run and run in self._ended_runs:
-                return None
             at_start = state.advanced(latents, start)
             if coarse:
                 out = stages.coarse_step(self.model, at_start, range(start, stop))
@@ -224,13 +218,6 @@ class ModelWorker:
                 out = stages.denoise(self.model, at_start, range(start, stop))
             self.idle_since = time.time()
             return out.latents.cpu()
-
-    def end_parareal(self, run: str) -> None:
-        """The parareal `run` has its result: solves of it still waiting here return at once. (The engine calls
-        this on the "help" thread, so it never waits behind the solves it ends.)"""
-        self._ended_runs[run] = None
-        while len(self._ended_runs) > _MAX_HELPED:
-            self._ended_runs.pop(next(iter(self._ended_runs)))
 
     def _run(
         self, item: EncodeRequest | RequestState, call: ActorCall, exchange: Any = None

@@ -7,7 +7,6 @@ for SVD-XT at 576x1024, against a block of ~3 steps of ~0.76 s each on an H100."
 from __future__ import annotations
 
 import logging
-import uuid
 from typing import TYPE_CHECKING, Any
 
 import ray
@@ -28,7 +27,6 @@ async def run_parareal(engine: Engine, inf: _Inflight, req: EncodeRequest, plan:
     `inf.refs`, so cancel and timeout reach it; a failed call fails the attempt (the engine retries it)."""
     actors, config = engine._actors, engine.config
     blocks = [st.steps for st in plan.stages]
-    run = f"{inf.request_id}:{uuid.uuid4().hex[:8]}"  # this attempt's solves (a retry is another run)
     inf.refs = []
 
     def submit(ref: ray.ObjectRef) -> ray.ObjectRef:
@@ -43,7 +41,7 @@ async def run_parareal(engine: Engine, inf: _Inflight, req: EncodeRequest, plan:
     # 2. denoise: parareal over the stage blocks, each solve on its stage's actor
     async def solve(n: int, latents: Any, coarse: bool) -> Any:
         stage = plan.stages[n]
-        return await submit(actors[stage.actor].solve.remote(cond, latents, stage.start, stage.stop, coarse, run))
+        return await submit(actors[stage.actor].solve.remote(cond, latents, stage.start, stage.stop, coarse))
 
     async def fine(n: int, latents: Any) -> Any:
         return await solve(n, latents, False)
@@ -55,10 +53,6 @@ async def run_parareal(engine: Engine, inf: _Inflight, req: EncodeRequest, plan:
         state.latents, blocks, fine, coarse, config.parareal_tol, config.parareal_max_iters
     )
     inf.parareal = stats
-    # Speculative solves of later iterations may still wait on the stage actors: end them, so the decode below
-    # does not queue behind work the result no longer needs (a solve already computing finishes its block).
-    for i in {st.actor for st in plan.stages}:
-        actors[i].end_parareal.options(concurrency_group="help").remote(run)
     logger.info(
         "request %s: parareal %d iteration(s), %s, %d UNet evaluations (serial: %d), final change %.3g",
         inf.request_id,

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from svdpipe import parareal, stages
-from svdpipe.config import EngineConfig, VideoParams, resolve_params
+from svdpipe.config import VideoParams, resolve_params
 from svdpipe.local import solve_parareal
 from svdpipe.partition import partition_steps
 from tests.conftest import diffusers_frames
@@ -188,19 +188,3 @@ def test_the_local_path_runs_parareal_from_inside_an_event_loop(tiny_model, imag
 
     solved, stats = asyncio.run(inside())
     assert stats.exact and torch.equal(solved.latents, outside.latents)
-
-
-def test_a_worker_skips_the_solves_of_an_ended_run(image):
-    """Once parareal has its result, the engine ends the run: its speculative solves still queued on a stage
-    actor return at once instead of holding the actor (and the decode behind them)."""
-    from svdpipe.placement import ActorSpec
-    from svdpipe.worker import ModelWorker
-
-    worker = ModelWorker(EngineConfig(num_stages=2, torch_threads=1), ActorSpec("w", "model", 0))
-    params = resolve_params(VideoParams(num_inference_steps=4, seed=1, num_frames=2), worker.model.spec)
-    state = stages.encode(worker.model, image, params, "req")
-    fine = worker.solve(state, state.latents, 0, 2, False, "run-a")
-    assert fine is not None
-    worker.end_parareal("run-a")
-    assert worker.solve(state, state.latents, 0, 2, False, "run-a") is None
-    assert torch.equal(worker.solve(state, state.latents, 0, 2, False, "run-b"), fine)  # another run computes
