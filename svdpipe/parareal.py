@@ -17,17 +17,22 @@ Stopping: after iteration k, `change` is the max absolute difference between U^k
 latents, latent units, before decoding). Stop when k = N (exact), when tol > 0 and change <= tol, or at
 max_iters. tol = 0 therefore always gives the serial result.
 
-Dataflow: every F and G call starts as soon as its input is known (asyncio tasks), including fine solves
+Dataflow: every F and G call is ready as soon as its input is known (asyncio tasks), including fine solves
 of the next iteration before the current one is checked (speculative; cancelled once the result is
-decided). The solvers are abstract async callables, so the Ray executor runs them on stage actors and the
+decided). Each block has one solver (its stage actor) and runs one solve at a time: of its ready calls the
+earliest iteration goes first, a coarse call before a fine one, which is the order `schedule()` models. So
+speculative work never delays the critical path, and nothing is queued on an actor where it could not be
+taken back. The solvers are abstract async callables, so the Ray executor runs them on stage actors and the
 tests run them in-process. No Ray, Serve or HTTP here; `schedule()` models the latency in UNet evaluations.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import heapq
 import itertools
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -69,12 +74,14 @@ async def parareal(
         raise ValueError(f"max_iters must be at least 1, got {max_iters}")
     limit = n_blocks if max_iters is None else min(max_iters, n_blocks)
     counts = {"fine": 0, "coarse": 0, "evals": 0}
+    gates = [_BlockGate() for _ in blocks]
 
-    async def call(kind: str, n: int, x: asyncio.Future | torch.Tensor) -> torch.Tensor:
+    async def call(kind: str, k: int, n: int, x: asyncio.Future | torch.Tensor) -> torch.Tensor:
         value = await x if isinstance(x, asyncio.Future) else x
-        counts[kind] += 1
-        counts["evals"] += len(blocks[n]) if kind == "fine" else 1
-        return await (fine if kind == "fine" else coarse)(n, value)
+        async with gates[n].turn((k, 0 if kind == "coarse" else 1)):
+            counts[kind] += 1
+            counts["evals"] += len(blocks[n]) if kind == "fine" else 1
+            return await (fine if kind == "fine" else coarse)(n, value)
 
     async def corrected(f: asyncio.Future, g_new: asyncio.Future, g_old: asyncio.Future) -> torch.Tensor:
         f_val, g_new_val, g_old_val = await f, await g_new, await g_old
@@ -99,7 +106,7 @@ async def parareal(
     g: list[dict[int, asyncio.Future]] = [{}]
     # 0. the coarse sweep
     for n in range(1, n_blocks + 1):
-        g[0][n] = spawn(call("coarse", n - 1, u[0][n - 1]))
+        g[0][n] = spawn(call("coarse", 0, n - 1, u[0][n - 1]))
         u[0].append(g[0][n])
     # 1..limit. every iteration is wired up front; a call starts when its inputs exist.
     for k in range(1, limit + 1):
@@ -109,10 +116,10 @@ async def parareal(
             if n < k:
                 row.append(u[k - 1][n])  # exact since iteration n: carried over unchanged
             elif n == k:
-                row.append(spawn(call("fine", n - 1, u[k - 1][n - 1])))  # exact input, so no correction
+                row.append(spawn(call("fine", k, n - 1, u[k - 1][n - 1])))  # exact input, so no correction
             else:
-                f = spawn(call("fine", n - 1, u[k - 1][n - 1]))
-                g[k][n] = spawn(call("coarse", n - 1, row[n - 1]))
+                f = spawn(call("fine", k, n - 1, u[k - 1][n - 1]))
+                g[k][n] = spawn(call("coarse", k, n - 1, row[n - 1]))
                 row.append(spawn(corrected(f, g[k][n], g[k - 1][n])))
         u.append(row)
 
@@ -132,6 +139,40 @@ async def parareal(
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+class _BlockGate:
+    """One block's solver, one solve at a time; waiting calls go in priority order (lowest first)."""
+
+    def __init__(self) -> None:
+        self._busy = False
+        self._waiting: list[tuple[tuple[int, int], int, asyncio.Future]] = []
+        self._order = itertools.count()
+
+    @contextlib.asynccontextmanager
+    async def turn(self, priority: tuple[int, int]) -> AsyncIterator[None]:
+        if self._busy:
+            granted = asyncio.get_running_loop().create_future()
+            heapq.heappush(self._waiting, (priority, next(self._order), granted))
+            try:
+                await granted
+            except asyncio.CancelledError:
+                if granted.done() and not granted.cancelled():
+                    self._release()  # handed the turn just as it was cancelled: pass it on
+                raise
+        self._busy = True
+        try:
+            yield
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        while self._waiting:
+            _, _, granted = heapq.heappop(self._waiting)
+            if not granted.done():
+                granted.set_result(None)  # the turn passes on directly: the gate stays busy
+                return
+        self._busy = False
 
 
 def _stats(k: int, exact: bool, change: float, counts: dict[str, int], changes: list[float]) -> PararealStats:

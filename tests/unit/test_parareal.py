@@ -167,6 +167,50 @@ def test_parareal_with_a_tolerance_stays_within_the_block_count(tiny_model, imag
     assert stats.exact or stats.final_change <= 1e-2
 
 
+def test_each_block_runs_one_solve_at_a_time():
+    """A block's solves never overlap (its stage actor gets one call at a time), whatever is ready."""
+    blocks = partition_steps(14, 5)
+    fine, coarse = toy_solvers(blocks)
+    running, most = [0] * len(blocks), [0] * len(blocks)
+
+    def one_at_a_time(solver):
+        async def solve(n, x):
+            running[n] += 1
+            most[n] = max(most[n], running[n])
+            await asyncio.sleep(0.001 * (n + 1))  # later blocks slower: calls pile up behind them
+            try:
+                return await solver(n, x)
+            finally:
+                running[n] -= 1
+
+        return solve
+
+    x0 = torch.linspace(0.1, 3.0, 9, dtype=torch.float64)
+    out, stats = asyncio.run(parareal.parareal(x0, blocks, one_at_a_time(fine), one_at_a_time(coarse)))
+    assert most == [1] * len(blocks) and stats.exact
+    assert torch.equal(out, serial(blocks, fine, x0))
+
+
+def test_block_gate_serves_the_earliest_iteration_and_coarse_first():
+    async def scenario():
+        gate, order = parareal._BlockGate(), []
+
+        async def solve(priority):
+            async with gate.turn(priority):
+                order.append(priority)
+                await asyncio.sleep(0)
+
+        async with gate.turn((0, 0)):  # busy while the others queue up
+            tasks = [asyncio.ensure_future(solve(p)) for p in [(2, 1), (1, 1), (3, 0), (1, 0)]]
+            await asyncio.sleep(0)
+            tasks[2].cancel()  # a cancelled waiter gives up its place
+            await asyncio.sleep(0)
+        await asyncio.gather(*tasks, return_exceptions=True)
+        return order
+
+    assert asyncio.run(scenario()) == [(1, 0), (1, 1), (2, 1)]
+
+
 def test_changes_are_reported_per_iteration():
     blocks = partition_steps(12, 4)
     fine, coarse = toy_solvers(blocks)
