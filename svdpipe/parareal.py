@@ -61,8 +61,12 @@ async def parareal(
     coarse: Solver,
     tol: float = 0.0,
     max_iters: int | None = None,
+    on_iteration: Callable[[int, int], None] | None = None,
 ) -> tuple[torch.Tensor, PararealStats]:
-    """Solve from u0 across `blocks` (contiguous step ranges); returns the final latents and the stats."""
+    """Solve from u0 across `blocks` (contiguous step ranges); returns the final latents and the stats.
+
+    `on_iteration(k, exact_steps)` is called after each iteration k that does not end the solve, with the
+    number of steps whose result is now the serial one (the first k blocks): progress for a caller."""
     n_blocks = len(blocks)
     if n_blocks < 1:
         raise ValueError("parareal needs at least one block")
@@ -133,6 +137,8 @@ async def parareal(
             exact = k == n_blocks
             if exact or (tol > 0 and change <= tol) or k == limit:
                 return final, _stats(k, exact, change, counts, changes)
+            if on_iteration is not None:
+                on_iteration(k, blocks[k - 1].stop)
             previous = final
         raise AssertionError("unreachable: the loop returns at k == limit")
     finally:

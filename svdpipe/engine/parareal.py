@@ -49,8 +49,11 @@ async def run_parareal(engine: Engine, inf: _Inflight, req: EncodeRequest, plan:
     async def coarse(n: int, latents: Any) -> Any:
         return await solve(n, latents, True)
 
+    def progress(k: int, exact_steps: int) -> None:  # the first k blocks are final: report their steps
+        inf.report(exact_steps)
+
     latents, stats = await parareal.parareal(
-        state.latents, blocks, fine, coarse, config.parareal_tol, config.parareal_max_iters
+        state.latents, blocks, fine, coarse, config.parareal_tol, config.parareal_max_iters, progress
     )
     inf.parareal = stats
     logger.info(

@@ -211,6 +211,15 @@ def test_block_gate_serves_the_earliest_iteration_and_coarse_first():
     assert asyncio.run(scenario()) == [(1, 0), (1, 1), (2, 1)]
 
 
+def test_progress_reports_the_exact_steps_after_each_iteration():
+    blocks = partition_steps(12, 4)
+    fine, coarse = toy_solvers(blocks)
+    seen = []
+    x0 = torch.linspace(0.1, 3.0, 9, dtype=torch.float64)
+    _, stats = asyncio.run(parareal.parareal(x0, blocks, fine, coarse, on_iteration=lambda k, s: seen.append((k, s))))
+    assert stats.iterations == 4 and seen == [(1, 3), (2, 6), (3, 9)]  # the last iteration ends the solve
+
+
 def test_changes_are_reported_per_iteration():
     blocks = partition_steps(12, 4)
     fine, coarse = toy_solvers(blocks)
