@@ -43,6 +43,12 @@ def format_table(result: dict[str, Any]) -> str:
         )
     if "pipeline_over_data_parallel" in result:
         lines.append(f"\npipeline / data-parallel: {result['pipeline_over_data_parallel']:.3f}")
+    bursts = [r["mode"] for r in result["modes"].values() if r["requests"] <= r["concurrency"]]
+    if bursts:
+        lines.append(
+            f"\nnote: {', '.join(bursts)}: M <= C, so every request was sent at once and the loop never reached a "
+            "steady state: its samples/h and eff describe one burst (use --requests above C for throughput)"
+        )
     lines += [
         "",
         "act: model-holding actors; mux: CPU mux actors; eff: measured / ideal N / W, W = T x step + encode + "

@@ -199,3 +199,39 @@ def test_cpu_busy_fraction_from_jiffies():
     assert cpu_busy_fraction((100.0, 400.0), (250.0, 600.0)) == pytest.approx(0.75)
     assert cpu_busy_fraction(None, (1.0, 2.0)) is None
     assert cpu_busy_fraction((1.0, 2.0), (1.0, 2.0)) is None
+
+
+def test_the_report_flags_a_run_that_was_one_burst():
+    from svdpipe.bench.report import format_table
+
+    def mode(name: str, requests: int, concurrency: int) -> dict:
+        return {
+            "mode": name,
+            "actors": 7,
+            "mux_actors": 2,
+            "requests": requests,
+            "concurrency": concurrency,
+            "samples_per_hour": 7000.0,
+            "ideal_samples_per_hour": 6000.0,
+            "efficiency": 7000 / 6000,
+            "latency_p50_s": 1.0,
+            "latency_p95_s": 1.2,
+            "per_hop_ms": 1.0,
+            "busy_fraction": {"m0": 0.5},
+            "idle_latency_s": 0.4,
+            "idle_latency_ratio": 0.9,
+        }
+
+    simulated = {"simulate_step_ms": 20.0, "simulate_encode_ms": None, "simulate_decode_ms": None}
+    settings = {"model": "tiny", "stages": 7, "steps": 21, "frames": 2, "width": 32, "height": 32, **simulated}
+    result = {
+        "settings": {**settings, "decode_chunk_size": None},
+        "profile": {"source": "measured", "encode_ms": 17.0, "step_ms": [20.0], "decode_ms": 12.0},
+        "num_requests": 14,
+        "machine": {"cpus": 2, "gpu": None},
+        "modes": {"pipeline": mode("pipeline", 14, 14), "data-parallel": mode("data-parallel", 28, 14)},
+    }
+    text = format_table(result)
+    assert "note: pipeline: M <= C" in text and "data-parallel: M" not in text
+    result["modes"]["pipeline"] = mode("pipeline", 28, 14)
+    assert "note:" not in format_table(result)
