@@ -110,7 +110,6 @@ def test_json_data_url_and_gif(service):
         ({"files": {"image": ("x.png", _png(), "image/png")}, "data": {"num_frames": "0"}}, 400, "num_frames"),
         ({"files": {"image": ("x.png", _png(), "image/png")}, "data": {"height": "50"}}, 400, "multiples of 8"),
         ({"files": {"image": ("x.png", _png(), "image/png")}, "data": {"output_format": "avi"}}, 400, "output_format"),
-        ({"files": {"image": ("x.png", _png(), "image/png")}, "data": {"num_inference_steps": "1"}}, 400, "stages"),
         ({"data": SMALL}, 400, "'image'"),
         ({"content": b"hello", "headers": {"content-type": "text/plain"}}, 415, "multipart/form-data"),
         ({"json": {"image": "http://example/x.png"}}, 400, "data URL"),

@@ -66,10 +66,15 @@ def test_parareal_job_gives_the_serial_video_and_reports_the_solve(ray_session, 
     assert ran["parareal_iterations"] == 3
     assert ran["parareal_unet_evals"] >= PARAMS.num_inference_steps
     assert isinstance(ran["parareal_final_change"], float) and ran["parareal_final_change"] >= 0
-    # The API serves containers, not float frames: parareal at tol 0 is the serial result to the bit, so its
-    # video is the serial frames' video, and those frames are diffusers' within fp32 rounding.
+    # The API serves lossy containers, not float frames. That parareal at tol 0 gives the serial floats to the bit
+    # is tests/ray/test_latency_modes.py's; here the job's video must be the serial frames' video. Not to the
+    # byte: x264 turns a one-level change of a few uint8 values (an fp32 rounding flip) into decoded
+    # differences of up to ~16 levels in a block (BENCHMARKS.md), and one CI run differed that way. A wrong
+    # result differs everywhere: one step fewer gives a mean of 13.5 levels, another seed 18.7.
     serial = _serial_frames(png)
-    np.testing.assert_array_equal(_decoded(mp4), _decoded(encode_video(serial, "mp4", PARAMS.fps)))
+    got, expected = _decoded(mp4), _decoded(encode_video(serial, "mp4", PARAMS.fps))
+    assert got.shape == expected.shape
+    assert float(np.abs(got.astype(float) - expected).mean()) <= 2.0
     resolved = VideoParams(**{k: ran[k] for k in VideoParams.model_fields})
     want = diffusers_frames(reference_pipe, load_image(png), resolved)
     assert float(np.abs(serial - want).max()) <= TOLERANCE
