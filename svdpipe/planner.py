@@ -167,20 +167,16 @@ class Planner:
         c, n = self.costs, self.num_actors
         step = c.step_cost(shape.cfg)
         total = list(load)
-        by_load = sorted(range(n), key=lambda a: (total[a], a))
         # 1. step ranges in actor order (actor i always runs stage i: requests flow through the chain in the same
-        # order, so each actor gets work at a steady cadence); when T does not divide evenly, the spare steps go
-        # to the least-loaded actors, so over a stream of requests they rotate; with fewer steps than actors,
-        # one step each on the T least-loaded
-        if shape.num_steps < n:
-            chosen = set(by_load[: shape.num_steps])
-            sizes = [1 if a in chosen else 0 for a in range(n)]
-        else:
+        # order, so each actor gets work at a steady cadence). Weighted ranges come from the profile; otherwise
+        # each actor gets T // N steps and the T % N spare ones go to the least-loaded actors, so over a stream of
+        # requests they rotate (with fewer steps than actors: one step each on the T least-loaded, none elsewhere)
+        if self.step_weights is not None and shape.num_steps >= n:
             sizes = [len(r) for r in request_ranges(shape.num_steps, n, self.step_weights)]
-            if self.step_weights is None and len(set(sizes)) > 1:
-                base, extra = divmod(shape.num_steps, n)
-                longer = set(by_load[:extra])
-                sizes = [base + (a in longer) for a in range(n)]
+        else:
+            base, extra = divmod(shape.num_steps, n)
+            longer = set(sorted(range(n), key=lambda a: (total[a], a))[:extra])
+            sizes = [base + (a in longer) for a in range(n)]
         stages, start = [], 0
         for actor, size in enumerate(sizes):
             if not size:
