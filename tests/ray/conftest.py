@@ -68,6 +68,16 @@ def running_engine(aloop: LoopThread, **config: Any):
         aloop.run(engine.shutdown(), timeout=60)
 
 
+def decoded(data: bytes):
+    """The frames (F, H, W, 3) uint8 a player would show of a video file (container headers hold times and
+    random ids, so bytes may differ where the frames do not)."""
+    import av
+    import numpy as np
+
+    with av.open(io.BytesIO(data)) as container:
+        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+
+
 @pytest.fixture(scope="session")
 def png() -> bytes:
     import numpy as np

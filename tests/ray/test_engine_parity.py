@@ -15,7 +15,7 @@ from svdpipe.images import load_image
 from svdpipe.local import LocalPipeline
 from svdpipe.planner import CostModel
 from svdpipe.video import encode_video
-from tests.ray.conftest import running_engine
+from tests.ray.conftest import decoded, running_engine
 
 # Different seeds, step counts, frame counts, sizes, guidance and decode chunks, all in flight together.
 REQUESTS = [
@@ -75,14 +75,6 @@ def test_engine_equals_local(aloop, png, expected, transport, num_stages, parall
         plans = [r.plan for r in results]
         assert any(p.encode_actor != p.stages[0].actor for p in plans)
         assert max(len({d.actor for d in p.decode}) for p in plans) == 3
-
-
-def decoded(data: bytes) -> np.ndarray:
-    """The frames a player would show (container headers hold times and random ids, so bytes may differ)."""
-    import av
-
-    with av.open(io.BytesIO(data)) as container:
-        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
 
 
 @pytest.mark.parametrize("fmt", ["mp4", "webm", "gif"])

@@ -11,14 +11,13 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-import av
 import httpx
 import numpy as np
 import PIL.Image
 import pytest
 
 from svdpipe.service.config import ServiceConfig
-from tests.ray.conftest import serving, small_engine
+from tests.ray.conftest import decoded, serving, small_engine
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = {"num_inference_steps": "2", "num_frames": "3", "height": "48", "width": "64"}
@@ -73,11 +72,6 @@ def _wait(client: httpx.Client, job_id: str, statuses=("completed",), timeout: f
     raise AssertionError(f"job {job_id} stuck: {job}")
 
 
-def _frames(data: bytes) -> list[np.ndarray]:
-    with av.open(io.BytesIO(data)) as container:
-        return [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
-
-
 def test_create_poll_download_mp4(service):
     resp = _create(service.client, {**SMALL, "seed": "123"})
     assert resp.status_code == 202, resp.text
@@ -87,7 +81,7 @@ def test_create_poll_download_mp4(service):
     assert done["progress"] == 100 and done["error"] is None
     content = service.client.get(f"/v1/videos/{job['id']}/content")
     assert content.status_code == 200 and content.headers["content-type"] == "video/mp4"
-    frames = _frames(content.content)
+    frames = decoded(content.content)
     assert len(frames) == 3 and frames[0].shape == (48, 64, 3)
 
 
@@ -99,7 +93,7 @@ def test_json_data_url_and_gif(service):
     assert 0 <= resp.json()["seed"] < 2**63  # random seed, always returned
     _wait(service.client, resp.json()["id"])
     content = service.client.get(f"/v1/videos/{resp.json()['id']}/content")
-    assert content.headers["content-type"] == "image/gif" and len(_frames(content.content)) == 2
+    assert content.headers["content-type"] == "image/gif" and len(decoded(content.content)) == 2
 
 
 @pytest.mark.parametrize(

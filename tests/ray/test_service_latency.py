@@ -4,10 +4,8 @@
 
 from __future__ import annotations
 
-import io
 import time
 
-import av
 import httpx
 import numpy as np
 import torch
@@ -18,7 +16,7 @@ from svdpipe.local import LocalPipeline
 from svdpipe.service.config import ServiceConfig
 from svdpipe.video import encode_video
 from tests.conftest import diffusers_frames
-from tests.ray.conftest import serving, small_engine
+from tests.ray.conftest import decoded, serving, small_engine
 
 TOLERANCE = 1e-5
 PARAMS = VideoParams(num_inference_steps=4, num_frames=2, height=32, width=32, seed=9)
@@ -41,11 +39,6 @@ def _run_job(client: httpx.Client, png: bytes, timeout: float = 180) -> tuple[di
         time.sleep(0.1)
     assert job["status"] == "completed", job
     return job, client.get(f"/v1/videos/{job_id}/content").content
-
-
-def _decoded(mp4: bytes) -> np.ndarray:
-    with av.open(io.BytesIO(mp4)) as container:
-        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
 
 
 def _serial_frames(png: bytes) -> np.ndarray:
@@ -72,7 +65,7 @@ def test_parareal_job_gives_the_serial_video_and_reports_the_solve(ray_session, 
     # differences of up to ~16 levels in a block (BENCHMARKS.md), and one CI run differed that way. A wrong
     # result differs everywhere: one step fewer gives a mean of 13.5 levels, another seed 18.7.
     serial = _serial_frames(png)
-    got, expected = _decoded(mp4), _decoded(encode_video(serial, "mp4", PARAMS.fps))
+    got, expected = decoded(mp4), decoded(encode_video(serial, "mp4", PARAMS.fps))
     assert got.shape == expected.shape
     assert float(np.abs(got.astype(float) - expected).mean()) <= 2.0
     resolved = VideoParams(**{k: ran[k] for k in VideoParams.model_fields})
