@@ -81,7 +81,15 @@ class EngineConfig(BaseModel):
     placement_strategy: PlacementStrategy = Field("STRICT_PACK", description="Placement-group strategy.")
     max_inflight: int = Field(16, ge=1, le=4096, description="Requests admitted into the pipeline at once.")
     request_timeout_s: float = Field(600.0, gt=0.0, description="Per-request limit, from admission.")
-    max_retries: int = Field(1, ge=0, le=5, description="Restarts from the first stage after a stage failure.")
+    max_retries: int = Field(
+        1, ge=0, le=5, description="Restarts from the first stage after an actor or transport failure."
+    )
+    start_timeout_s: float = Field(
+        900.0, gt=0.0, description="Longest wait for actors to start, load the model and warm up (also in a rebuild)."
+    )
+    ping_timeout_s: float = Field(
+        10.0, gt=0.0, description="Longest wait for an actor's health answer (none in a rebuild: it is replaced)."
+    )
     step_weights: tuple[float, ...] | None = Field(
         None, description="Relative per-step costs for balancing step ranges (None: equal)."
     )

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from svdpipe.config import LatencyMode
-from svdpipe.planner import Plan
+from svdpipe.ledger import IDLE_S
 
-# The engine's load ledger adds and later subtracts each plan's expected seconds: float residue below this
-# is an idle actor.
-IDLE_S = 1e-9
+if TYPE_CHECKING:
+    from svdpipe.config import LatencyMode
+    from svdpipe.planner import Plan
+
+__all__ = ["IDLE_S", "SplitPlan", "plan_cfg_split", "should_help", "split_work"]
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,7 @@
 """The planner: one request's plan (who encodes, who runs which steps, who decodes which frames, where the video
-is muxed) as plain data. Pure: no Ray, no torch; the engine only executes what it returns.
+is muxed, who helps with guidance halves, whether parareal runs, which transport carries each hand-off) as plain
+data, from a ledger of the actors' outstanding work that it owns. Pure: no Ray, no torch, no clock of its own;
+the engine only executes what it returns and reports the calls' events back (`record`).
 
 The shape of vLLM's scheduler -> SchedulerOutput -> executor. Every model actor holds the UNet, the VAE and CLIP,
 so any of them may run any phase; the planner spreads each request's work so that every actor's expected work
@@ -12,15 +14,26 @@ item of each other (tests/unit/test_planner.py).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
 
+from svdpipe.latency import plan_cfg_split, split_work
+from svdpipe.ledger import CallEvent, Ledger
 from svdpipe.partition import request_ranges
+
+if TYPE_CHECKING:
+    from svdpipe.config import LatencyMode
 
 # pipeline: the request's steps are split over every model actor in a chain (one step range per actor).
 # data-parallel: one actor runs the whole request (encode, every step, decode), as an independent replica would.
 Parallelism = Literal["pipeline", "data-parallel"]
+# How a call's result reaches the next call (placement.choose_transport picks the hand-off transport).
+Transport = Literal["nccl", "cuda_ipc", "gloo", "object_store"]
+UNTRACKED = -1  # the index of a call the ledger does not follow (parareal's encode, solves and decodes)
+_PARAREAL_WORK = -2  # the ledger's one entry for a parareal request's whole work, released when it ends
+CALL_S = 0.002  # turnaround of one actor call (measured hop here: ~2.5 ms); lets the planner merge calls
 
 
 @dataclass(frozen=True)
@@ -87,7 +100,17 @@ class Plan:
     stages: tuple[StageAssignment, ...]  # in chain order: stage i's steps directly follow stage i-1's
     decode: tuple[DecodeAssignment, ...]  # frame chunks in frame order; they may run at the same time
     mux_actor: int  # which CPU mux actor writes the video file
-    work_s: tuple[float, ...]  # expected seconds on each model actor (for the engine's load ledger)
+    work_s: tuple[float, ...]  # expected seconds on each model actor (helpers' halves included)
+    helpers: tuple[int | None, ...] = ()  # per stage: the actor computing its guidance halves (CFG split), or None
+    split_reason: str = ""  # why the request is or is not split (or runs parareal), for logs and the job record
+    parareal: bool = False  # the stages' blocks are solved by parareal (their solves cross in host memory)
+    transport: Transport = "object_store"  # how latents move from call to call (decoded frames: object store)
+    priority: float = 0.0  # admission time: each actor serves the calls of older requests first
+    cfg: bool = True  # classifier-free guidance: a step is a batch of two
+
+    @property
+    def split(self) -> bool:
+        return any(h is not None for h in self.helpers)
 
     @property
     def num_steps(self) -> int:
@@ -106,6 +129,10 @@ class ActorCall:
     encode: bool  # the input is the encode request
     steps: tuple[int, int] | None  # denoising steps [start, stop) run in this call
     decode: tuple[tuple[int, int], ...]  # frame chunks decoded in this call (each as diffusers decodes it)
+    index: int = 0  # position in the plan's calls (plan_calls), named in the events the actor reports
+    priority: float = 0.0  # the request's admission time: the actor runs the oldest request's call first
+    output: Transport = "object_store"  # how the result leaves (decoded frames always by the object store)
+    helper: int | None = None  # the actor computing this call's guidance halves (CFG split)
 
 
 def decode_chunks(num_frames: int, chunk_size: int) -> list[tuple[int, int]]:
@@ -124,10 +151,66 @@ class Planner:
     costs: CostModel
     parallelism: Parallelism = "pipeline"
     step_weights: tuple[float, ...] | None = None  # relative per-step costs for the step split (None: equal)
+    latency_mode: LatencyMode = "off"  # single-request speed-up: CFG halves on idle actors, or parareal
+    transport: Transport = "object_store"  # the hand-off transport between model actors
+    ledger: Ledger = field(init=False, repr=False, compare=False)  # outstanding work, from the calls' events
 
     def __post_init__(self) -> None:
         if self.num_actors < 1 or self.num_mux < 1:
             raise ValueError(f"need at least one model actor and one mux actor, got {self.num_actors}, {self.num_mux}")
+        object.__setattr__(self, "ledger", Ledger(self.num_actors, self.num_mux))
+
+    # ------------------------------------------------------------ the stateful side: admission and events
+
+    def admit(self, request_id: str, shape: RequestShape, now: float, priority: float | None = None) -> Plan:
+        """Plan a request against the ledger at `now`, decide its latency mode, and enter its calls in the
+        ledger. `priority` (default `now`) orders its calls in each actor: a retry keeps its first admission's."""
+        load = self.ledger.backlog(now)
+        plan = self.plan(request_id, shape, load, self.ledger.mux_backlog())
+        plan = self._latency(plan, shape, load, alone=not self.ledger.requests)
+        plan = dataclasses.replace(plan, transport=self.transport, priority=now if priority is None else priority)
+        self._enter(plan, now)
+        return plan
+
+    def warmup_plan(self, shape: RequestShape) -> Plan:
+        """A plan through every actor (and its helper exchange, in a CFG-split mode) on an idle pipeline; not
+        entered in the ledger: warm-up runs before any request."""
+        plan = Planner(self.num_actors, self.num_mux, self.costs).plan("warmup", shape)
+        mode: LatencyMode = "cfg-split" if self.latency_mode in ("cfg-split", "auto") else "off"
+        split = plan_cfg_split(mode, shape.cfg, [st.actor for st in plan.stages], [0.0] * self.num_actors)
+        return dataclasses.replace(plan, helpers=split.helpers, split_reason=split.reason, transport=self.transport)
+
+    def record(self, event: CallEvent) -> None:
+        """A call started or ended (reported by the executor): the ledger follows."""
+        self.ledger.record(event)
+
+    def release(self, request_id: str) -> None:
+        """The request ended, failed or was cancelled: its remaining planned work leaves the ledger."""
+        self.ledger.release(request_id)
+
+    def _latency(self, plan: Plan, shape: RequestShape, load: Sequence[float], alone: bool) -> Plan:
+        """The latency mode's decision for this plan: parareal for a request alone on a chain of >= 2 stages;
+        else CFG helpers (latency.plan_cfg_split: 'auto' only borrows actors with nothing outstanding)."""
+        if self.latency_mode == "parareal":
+            if alone and len(plan.stages) > 1:
+                return dataclasses.replace(plan, parareal=True, split_reason="parareal: alone on the pipeline")
+            why = "other requests in flight" if not alone else "parareal needs >= 2 stages"
+            return dataclasses.replace(plan, split_reason=f"runs its plan, not parareal ({why})")
+        split = plan_cfg_split(self.latency_mode, shape.cfg, [st.actor for st in plan.stages], load)
+        if not split.split:
+            return dataclasses.replace(plan, split_reason=split.reason)
+        work = split_work(plan, split, self.costs.step_s)
+        return dataclasses.replace(plan, helpers=split.helpers, split_reason=split.reason, work_s=work)
+
+    def _enter(self, plan: Plan, now: float) -> None:
+        calls = plan_calls(plan)
+        cfg = plan.cfg
+        if plan.parareal:  # its solves report no call events: each actor's share runs from admission
+            work = [(_PARAREAL_WORK, {a: w for a, w in enumerate(plan.work_s) if w > 0})]
+            self.ledger.add(plan.request_id, work, len(calls), plan.mux_actor, now, started=True)
+            return
+        entries = [(c.index, call_work(c, self.costs, cfg)) for c in calls]
+        self.ledger.add(plan.request_id, entries, len(calls), plan.mux_actor, now)
 
     def plan(
         self,
@@ -146,7 +229,7 @@ class Planner:
             plan = self._replica(request_id, shape, chunks, load)
         else:
             plan = self._pipeline(request_id, shape, chunks, load)
-        return Plan(**{**plan, "mux_actor": _argmin(mux)})  # type: ignore[arg-type]
+        return Plan(**{**plan, "mux_actor": _argmin(mux), "cfg": shape.cfg})  # type: ignore[arg-type]
 
     def _replica(self, request_id: str, shape: RequestShape, chunks: list[tuple[int, int]], load: list[float]) -> dict:
         actor = _argmin(load)
@@ -208,7 +291,8 @@ class Planner:
 def actor_calls(plan: Plan) -> tuple[list[ActorCall], list[ActorCall]]:
     """The plan as actor calls: the chain (each taking the previous call's output) and the decode calls (each
     taking the chain's final state, all at once). Consecutive phases on one actor share a call; when one actor
-    decodes every chunk and ran the last steps, decoding joins that call and the decode list is empty."""
+    decodes every chunk and ran the last steps, decoding joins that call and the decode list is empty. Calls
+    are numbered chain first, then decodes (the mux call comes after them all: `mux_call_index`)."""
     chain: list[ActorCall] = []
     if plan.encode_actor != plan.stages[0].actor:
         chain.append(ActorCall(plan.encode_actor, True, None, ()))
@@ -222,11 +306,70 @@ def actor_calls(plan: Plan) -> tuple[list[ActorCall], list[ActorCall]]:
     by_actor: dict[int, list[tuple[int, int]]] = {}
     for d in plan.decode:
         by_actor.setdefault(d.actor, []).append((d.start, d.stop))
+    decodes: list[ActorCall] = []
     if list(by_actor) == [chain[-1].actor]:
         last = chain[-1]
         chain[-1] = ActorCall(last.actor, last.encode, last.steps, tuple(by_actor[last.actor]))
-        return chain, []
-    return chain, [ActorCall(actor, False, None, tuple(frames)) for actor, frames in by_actor.items()]
+    else:
+        decodes = [ActorCall(actor, False, None, tuple(frames)) for actor, frames in by_actor.items()]
+    helper_of = {(st.start, st.stop): h for st, h in zip(plan.stages, plan.helpers, strict=False) if h is not None}
+    numbered = [
+        dataclasses.replace(
+            call,
+            index=i,
+            priority=plan.priority,
+            output="object_store" if call.decode else plan.transport,
+            helper=helper_of.get(call.steps) if call.steps is not None else None,
+        )
+        for i, call in enumerate([*chain, *decodes])
+    ]
+    return numbered[: len(chain)], numbered[len(chain) :]
+
+
+def plan_calls(plan: Plan) -> list[ActorCall]:
+    """Every model-actor call of the plan, in index order (chain, then decodes)."""
+    chain, decodes = actor_calls(plan)
+    return [*chain, *decodes]
+
+
+def mux_call_index(plan: Plan) -> int:
+    """The index the plan's mux call reports its events under (after every model-actor call)."""
+    return len(plan_calls(plan))
+
+
+def call_work(call: ActorCall, costs: CostModel, cfg: bool) -> dict[int, float]:
+    """Expected seconds of one call on each actor it loads: its own (turnaround, encode, steps, decode) and,
+    with a helper, the conditional halves moved to the helper (a batch of one: half a guided step)."""
+    steps = call.steps[1] - call.steps[0] if call.steps is not None else 0
+    frames = sum(b - a for a, b in call.decode)
+    own = costs.call_s + (costs.encode_s if call.encode else 0.0) + steps * costs.step_cost(cfg)
+    own += frames * costs.decode_frame_s
+    work = {call.actor: own}
+    if call.helper is not None and cfg:
+        half = steps * costs.step_s / 2
+        work[call.actor] -= half
+        work[call.helper] = work.get(call.helper, 0.0) + half
+    return work
+
+
+def choose_costs(
+    measured: CostModel,
+    simulate_step_ms: float | None,
+    simulate_encode_ms: float | None,
+    simulate_decode_frame_ms: float | None,
+) -> CostModel:
+    """The planner's cost model, chosen once: a simulated cost where one is configured (then it is exact), what
+    the actors measured at warm-up otherwise."""
+
+    def pick(ms: float | None, measured_s: float) -> float:
+        return ms / 1000 if ms is not None else measured_s
+
+    return CostModel(
+        encode_s=pick(simulate_encode_ms, measured.encode_s),
+        step_s=max(pick(simulate_step_ms, measured.step_s), 1e-6),
+        decode_frame_s=pick(simulate_decode_frame_ms, measured.decode_frame_s),
+        call_s=measured.call_s,
+    )
 
 
 def _argmin(values: Sequence[float]) -> int:

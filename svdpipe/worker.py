@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from svdpipe.config import EngineConfig, OutputFormat, ResolvedParams
+from svdpipe.gate import PriorityGate
 from svdpipe.placement import ActorSpec
 from svdpipe.planner import ActorCall
 from svdpipe.state import RequestState, StageTrace
@@ -29,7 +30,7 @@ from svdpipe.state import RequestState, StageTrace
 if TYPE_CHECKING:
     import torch
 
-    from svdpipe.engine.progress import StepReporter
+    from svdpipe.reporting import StepReporter
 
 logger = logging.getLogger(__name__)
 _MAX_HELPED = 8  # conditioning kept for ranges this actor helps with (an owner that died never says `last`)
@@ -111,16 +112,15 @@ class ModelWorker:
         if config.torch_threads:
             torch.set_num_threads(config.torch_threads)
         self.config, self.spec, self.fresh_tensors = config, spec, fresh_tensors
-        self.progress = progress  # reports each finished step, without waiting (engine/progress.py)
+        self.progress = progress  # reports each finished step and call, without waiting (svdpipe/reporting.py)
         self.model = load_model(config.model, config.dtype, config.device)
         costs = SimulatedCosts.from_config(config)
         install_stand_ins(self.model, costs)
         if costs.step_s is None:
             self._prepare_unet()
-        # One request in the model at a time, even when Ray gives the actor a second thread to receive the next.
-        self._lock = threading.Lock()
-        self._pending = 0  # calls entered but waiting for the lock: a helper declines halves meanwhile
-        self._pending_lock = threading.Lock()
+        # One call in the model at a time, the oldest request's first, when Ray gives the actor threads to
+        # receive the next calls while one computes (svdpipe/gate.py).
+        self._gate = PriorityGate()
         self._helping: dict[str, RequestState] = {}  # conditioning of the ranges this actor helps with
         _quiet_zero_copy_warnings()
         self.idle_since = time.time()
@@ -146,7 +146,7 @@ class ModelWorker:
         from svdpipe.profile import device_clock
 
         clock = device_clock(self.model.device)
-        with self._lock:
+        with self._gate.hold(0.0):
             for _ in range(2):
                 t0 = clock()
                 state = stages.encode(self.model, load_image(image_png), params, "warmup", "npy")
@@ -166,18 +166,14 @@ class ModelWorker:
         """Run `call`'s phases on `item`: a RequestState out, or decoded frames when the call decodes. With
         `exchange` (an engine.exchange.HalfExchange) a helper actor computes each step's conditional half; with
         `host` a state comes back in host memory (for the engine's own process, which holds no device)."""
-        with self._pending_lock:
-            self._pending += 1
-        try:
-            self._lock.acquire()
-        finally:
-            with self._pending_lock:
-                self._pending -= 1
-        try:
-            result = self._run(item, call, exchange)
+        with self._gate.hold(call.priority):
+            started = self.progress.call_started(item.request_id, call.index) if self.progress else time.time()
+            try:
+                result = self._run(item, call, exchange)
+            finally:
+                if self.progress is not None:
+                    self.progress.call_ended(item.request_id, call.index, started)
             return result.to("cpu") if host and isinstance(result, RequestState) else result
-        finally:
-            self._lock.release()
 
     def half(
         self, key: str, state: RequestState | None, latents: torch.Tensor, i: int, last: bool
@@ -195,14 +191,14 @@ class ModelWorker:
         state = self._helping.pop(key, None) if last else self._helping.get(key)
         if state is None:
             return None, 0.0
-        if not should_help(self._lock.locked(), self._pending) or not self._lock.acquire(blocking=False):
+        if not should_help(self._gate.busy, self._gate.waiting) or not self._gate.try_acquire():
             return None, 0.0
         try:
             started = time.time()
             out = stages.predict_half(self.model, state, latents, i, 1)
             return out.cpu(), time.time() - started  # host memory: see engine/exchange.py
         finally:
-            self._lock.release()
+            self._gate.release()
 
     def solve(self, state: RequestState, latents: torch.Tensor, start: int, stop: int, coarse: bool) -> torch.Tensor:
         """A parareal solve of block [start, stop) from `latents`: the block's own steps (fine) or one Euler
@@ -210,7 +206,7 @@ class ModelWorker:
         engine's driver, which combines the solves, holds no device."""
         from svdpipe import stages
 
-        with self._lock:
+        with self._gate.hold(0.0):  # parareal runs alone on the pipeline
             at_start = state.advanced(latents, start)
             if coarse:
                 out = stages.coarse_step(self.model, at_start, range(start, stop))
@@ -285,8 +281,8 @@ def _for_format(frames: np.ndarray, fmt: str) -> np.ndarray:
 class MuxWorker:
     """A CPU-only actor that assembles decoded chunks in frame order and writes the video file."""
 
-    def __init__(self, config: EngineConfig, spec: ActorSpec) -> None:
-        self.config, self.spec = config, spec
+    def __init__(self, config: EngineConfig, spec: ActorSpec, progress: StepReporter | None = None) -> None:
+        self.config, self.spec, self.progress = config, spec, progress
         _quiet_zero_copy_warnings()
         self.idle_since = time.time()
         self._lock = threading.Lock()
@@ -294,13 +290,16 @@ class MuxWorker:
     def ping(self) -> str:
         return self.spec.name
 
-    def mux(self, *parts: DecodedFrames) -> EncodedVideo:
-        """The video file of one request from its decoded parts (each part's chunks in any order)."""
+    def mux(self, *parts: DecodedFrames, index: int = -1) -> EncodedVideo:
+        """The video file of one request from its decoded parts (each part's chunks in any order); `index` is
+        the mux call's index in the plan, for the call events."""
         from svdpipe.video import encode_video
 
         with self._lock:
             started = time.time()
             first = parts[0]
+            if self.progress is not None:
+                self.progress.call_started(first.request_id, index)
             chunks = sorted((c for p in parts for c in p.chunks), key=lambda c: c[0])
             frames = np.concatenate([f for _, f in chunks])
             if frames.shape[0] != first.num_frames:
@@ -313,6 +312,8 @@ class MuxWorker:
             )
             entry = StageTrace(self.spec.name, started, finished, self.idle_since, 0, finished - started)
             self.idle_since = finished
+            if self.progress is not None:
+                self.progress.call_ended(first.request_id, index, started)
         return EncodedVideo(
             first.request_id, data, first.output_format, first.num_frames, (*first.chain, *decodes, entry)
         )

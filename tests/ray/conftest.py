@@ -53,14 +53,15 @@ def aloop(ray_session) -> Iterator[LoopThread]:
 
 
 @contextlib.contextmanager
-def running_engine(aloop: LoopThread, **config: Any):
-    """An engine for the duration of a `with`, torn down (actors killed) afterwards."""
+def running_engine(aloop: LoopThread, worker: type | None = None, **config: Any):
+    """An engine for the duration of a `with`, torn down (actors killed) afterwards; `worker` replaces the
+    model actors' body (a ModelWorker subclass)."""
     from svdpipe.config import EngineConfig
     from svdpipe.engine import Engine
 
     config.setdefault("torch_threads", 1)
     config.setdefault("num_cpus_per_actor", 0.05)
-    engine = Engine(EngineConfig(**config))
+    engine = Engine(EngineConfig(**config)) if worker is None else Engine(EngineConfig(**config), worker=worker)
     aloop.run(engine.start(), timeout=300)
     try:
         yield engine

@@ -91,7 +91,7 @@ def test_killed_helper_gives_retry_or_completion(aloop, png):
     ) as engine:
         params = VideoParams(num_inference_steps=9, num_frames=2, seed=4)
         reference = frames(aloop.run(engine.generate(png, params, "npy")))
-        victim = engine._actors[1]  # owns one stage and helps another
+        victim = engine.pool.models[1]  # owns one stage and helps another
 
         async def scenario():
             task = asyncio.ensure_future(engine.generate(png, params, "npy"))
@@ -142,7 +142,7 @@ def test_parareal_killed_actor_gives_retry_or_clear_failure(aloop, png):
         async def scenario():
             task = asyncio.ensure_future(engine.generate(png, params, "npy"))
             await asyncio.sleep(0.6)
-            ray.kill(engine._actors[2])  # mid-iteration
+            ray.kill(engine.pool.models[2])  # mid-iteration
             return await asyncio.wait_for(task, 120)
 
         try:

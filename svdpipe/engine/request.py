@@ -1,0 +1,55 @@
+"""One admitted request's record while it runs: its refs (for cancel), its plan, and its progress callback."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from svdpipe.parareal import PararealStats
+from svdpipe.planner import Plan
+
+logger = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[int, int], None]  # (steps done, total steps)
+
+
+@dataclass
+class RequestRecord:
+    request_id: str
+    refs: list[Any] = field(default_factory=list)  # every submitted call's ObjectRef, for cancel and timeout
+    cancelled: bool = False
+    on_progress: ProgressCallback | None = None
+    plan: Plan | None = None
+    total_steps: int = 0
+    reported: int = 0
+    parareal: PararealStats | None = None
+    lost: Any = None  # an asyncio.Future the health watch fails when an actor of the current plan is lost
+
+    def report(self, steps_done: int) -> None:
+        """Tell the caller about newly completed steps (each count once, never backwards)."""
+        if self.on_progress is None or steps_done <= self.reported:
+            return
+        self.reported = steps_done
+        try:
+            self.on_progress(steps_done, self.total_steps)
+        except Exception:  # a broken progress callback must not break the request
+            logger.exception("progress callback for %s failed", self.request_id)
+
+    def restart(self) -> None:
+        """A retry starts over: no refs, no progress, no parareal statistics yet."""
+        self.refs = []
+        self.reported = 0
+        self.parareal = None
+        self.lost = asyncio.get_running_loop().create_future()
+
+    def uses(self, models: set[int], muxers: set[int]) -> bool:
+        """Whether the current plan runs anything on these model or mux actors."""
+        plan = self.plan
+        if plan is None:
+            return False
+        named = {plan.encode_actor, *(s.actor for s in plan.stages), *(d.actor for d in plan.decode)}
+        named |= {h for h in plan.helpers if h is not None}
+        return bool(named & models) or plan.mux_actor in muxers

@@ -1,0 +1,152 @@
+"""The planner's ledger and admission on a fake clock: work leaves an actor when its call ends, not when the
+request does; latency decisions come from the ledger; everything the executor runs is in the plan."""
+
+from __future__ import annotations
+
+import pytest
+
+from svdpipe.ledger import CallEvent, Ledger
+from svdpipe.planner import (
+    CostModel,
+    Planner,
+    RequestShape,
+    call_work,
+    choose_costs,
+    mux_call_index,
+    plan_calls,
+)
+
+COSTS = CostModel(encode_s=0.5, step_s=1.0, decode_frame_s=0.25)
+SHAPE = RequestShape(6, 4, 4)  # 6 steps, one decode chunk of 4 frames (1 s)
+
+
+def ended(request_id: str, call: int, at: float) -> CallEvent:
+    return CallEvent(request_id, call, "ended", at, 0.0)
+
+
+def started(request_id: str, call: int, at: float) -> CallEvent:
+    return CallEvent(request_id, call, "started", at)
+
+
+def test_backlog_counts_queued_calls_whole_and_running_calls_by_their_remainder():
+    ledger = Ledger(2, 1)
+    ledger.add("r", [(0, {0: 2.0}), (1, {1: 3.0})], 2, 0, now=0.0)
+    assert ledger.backlog(0.0) == [2.0, 3.0]
+    ledger.record(started("r", 0, 10.0))
+    assert ledger.backlog(10.5) == [1.5, 3.0]
+    assert ledger.backlog(20.0) == [0.0, 3.0]  # an overrunning call looks nearly done, never negative
+    ledger.record(ended("r", 0, 12.0))
+    assert ledger.backlog(12.0) == [0.0, 3.0]
+    assert ledger.mux_backlog() == [1.0]
+    ledger.record(ended("r", 2, 13.0))  # the mux call
+    assert ledger.mux_backlog() == [0.0]
+    ledger.release("r")
+    assert ledger.backlog(13.0) == [0.0, 0.0] and ledger.requests == []
+
+
+def test_events_of_unknown_requests_are_ignored_and_a_request_enters_once():
+    ledger = Ledger(1, 1)
+    ledger.record(ended("ghost", 0, 1.0))
+    ledger.add("r", [(0, {0: 1.0})], 1, 0, now=0.0)
+    with pytest.raises(ValueError, match="already"):
+        ledger.add("r", [(0, {0: 1.0})], 1, 0, now=0.0)
+    with pytest.raises(ValueError, match="outside"):
+        ledger.add("s", [(0, {3: 1.0})], 1, 0, now=0.0)
+
+
+def test_plan_calls_carry_index_priority_transport_and_helper():
+    planner = Planner(3, 1, COSTS, latency_mode="cfg-split", transport="gloo")
+    plan = planner.admit("r", SHAPE, now=5.0)
+    calls = plan_calls(plan)
+    assert [c.index for c in calls] == list(range(len(calls)))
+    assert mux_call_index(plan) == len(calls)
+    assert all(c.priority == 5.0 for c in calls)
+    assert [c.output for c in calls] == ["object_store" if c.decode else "gloo" for c in calls]
+    assert plan.split and [c.helper for c in calls if c.steps] == list(plan.helpers)
+
+
+def test_work_leaves_an_actor_when_its_call_ends_not_when_the_request_does():
+    planner = Planner(3, 1, COSTS)
+    plan = planner.admit("r", SHAPE, now=0.0)
+    calls = plan_calls(plan)
+    before = planner.ledger.backlog(0.0)
+    assert sum(before) == pytest.approx(sum(sum(call_work(c, COSTS, True).values()) for c in calls))
+    first = calls[0]
+    planner.record(started("r", first.index, 0.0))
+    planner.record(ended("r", first.index, 2.5))
+    after = planner.ledger.backlog(2.5)
+    assert after[first.actor] == pytest.approx(0.0)
+    assert [a for i, a in enumerate(after) if i != first.actor] == [b for i, b in enumerate(before) if i != first.actor]
+    planner.release("r")
+    assert planner.ledger.backlog(3.0) == [0.0, 0.0, 0.0]
+
+
+def test_a_finished_stage_frees_its_actor_for_the_next_request():
+    """Stage 0 of request a is done: b's encode and decode go to actor 0 at once. A ledger released per request
+    (no call events) still counts a's work there and sends b's encode elsewhere."""
+    plans = {}
+    for with_events in (True, False):
+        planner = Planner(3, 1, COSTS)
+        a = planner.admit("a", SHAPE, now=0.0)
+        if with_events:
+            first = plan_calls(a)[0]
+            planner.record(started("a", first.index, 0.0))
+            planner.record(ended("a", first.index, 2.5))
+        plans[with_events] = planner.admit("b", SHAPE, now=2.5)
+    assert (plans[True].encode_actor, plans[True].decode[0].actor) == (0, 0)
+    assert plans[False].encode_actor != 0
+
+
+def test_auto_splits_only_onto_actors_with_nothing_outstanding():
+    planner = Planner(3, 1, COSTS, latency_mode="auto")
+    first = planner.admit("a", SHAPE, now=0.0)
+    assert first.split  # alone: every range borrows an idle actor
+    second = planner.admit("b", SHAPE, now=0.1)
+    assert not second.split and "no idle actor" in second.split_reason
+    for call in plan_calls(first):  # a ends; b's work remains, so b's successor still finds no idle actor
+        planner.record(ended("a", call.index, 1.0))
+    planner.release("a")
+    assert not planner.admit("c", SHAPE, now=1.0).split
+
+
+def test_parareal_only_alone_and_its_work_runs_from_admission():
+    planner = Planner(3, 1, COSTS, latency_mode="parareal")
+    alone = planner.admit("a", SHAPE, now=0.0)
+    assert alone.parareal and not alone.split
+    assert sum(planner.ledger.backlog(1.0)) == pytest.approx(sum(alone.work_s) - 3 * 1.0)  # running since 0
+    crowded = planner.admit("b", SHAPE, now=0.5)
+    assert not crowded.parareal and "other requests in flight" in crowded.split_reason
+    one_stage = Planner(1, 1, COSTS, latency_mode="parareal").admit("c", SHAPE, now=0.0)
+    assert not one_stage.parareal and "needs >= 2 stages" in one_stage.split_reason
+
+
+def test_a_retry_keeps_its_first_admission_as_priority():
+    planner = Planner(2, 1, COSTS)
+    planner.admit("r", SHAPE, now=1.0)
+    planner.release("r")
+    retry = planner.admit("r", SHAPE, now=9.0, priority=1.0)
+    assert retry.priority == 1.0 and all(c.priority == 1.0 for c in plan_calls(retry))
+
+
+def test_warmup_plan_splits_in_a_cfg_mode_and_stays_out_of_the_ledger():
+    planner = Planner(3, 1, COSTS, latency_mode="auto")
+    plan = planner.warmup_plan(RequestShape(3, 2, 2))
+    assert plan.split and planner.ledger.requests == []
+    assert not Planner(3, 1, COSTS).warmup_plan(RequestShape(3, 2, 2)).split
+
+
+def test_costs_are_simulated_where_configured_measured_elsewhere():
+    measured = CostModel(0.1, 0.2, 0.3, call_s=0.002)
+    assert choose_costs(measured, None, None, None) == measured
+    assert choose_costs(measured, 250.0, None, 44.0) == CostModel(0.1, 0.25, 0.044, call_s=0.002)
+
+
+def test_call_work_moves_half_of_each_helped_step_to_the_helper():
+    plan = Planner(2, 1, COSTS, latency_mode="cfg-split").admit("r", RequestShape(4, 2, 2), now=0.0)
+    call = next(c for c in plan_calls(plan) if c.helper is not None)
+    work = call_work(call, COSTS, cfg=True)
+    steps = call.steps[1] - call.steps[0]
+    assert work[call.helper] == pytest.approx(steps * COSTS.step_s / 2)
+    assert sum(work.values()) == pytest.approx(
+        sum(call_work(type(call)(**{**call.__dict__, "helper": None}), COSTS, True).values())
+    )
