@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from svdpipe.bench.settings import MODES, BenchSettings
+from svdpipe.cli_flags import add_model_flags, model_from_args
 
 _HELP = """closed-loop throughput/latency of pipeline vs data-parallel vs sequential, on the same model actors.
 
@@ -30,8 +31,6 @@ the CPU free, as GPU kernels would.
 
 def add_bench_parser(subparsers: Any) -> None:
     """Register `svdpipe bench` on the CLI's subparsers."""
-    from svdpipe.cli import add_model_flags
-
     p = subparsers.add_parser(
         "bench",
         help="closed-loop throughput/latency: pipeline vs data-parallel vs sequential",
@@ -69,8 +68,6 @@ def _mode_list(text: str) -> tuple[str, ...]:
 
 
 def settings_from_args(args: argparse.Namespace) -> BenchSettings:
-    from svdpipe.cli import model_from_args
-
     return model_from_args(BenchSettings, args)
 
 
