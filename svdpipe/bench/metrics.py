@@ -166,18 +166,20 @@ def projection(
     Pure arithmetic, for machines we cannot measure on. sequential: one GPU does everything; data-parallel:
     `gpus` such replicas; pipeline: `gpus` model actors, the planner spreading steps, encode and decode over
     them (its expected per-actor work over a long stream of requests). Every call costs `hop_s` of turnaround
-    on its actor; a request's latency adds one hop per hand-off. Decoding is one chunk (decode_chunk_size =
+    on its actor; a request's latency adds one hop per hand-off. Fewer steps than GPUs is allowed (the planner
+    then gives T of them one step each, rotating over requests). Decoding is one chunk (decode_chunk_size =
     num_frames), so the idle pipeline's latency is the whole work plus its hops.
     """
-    if gpus < 1 or num_steps < gpus:
-        raise ValueError(f"need 1 <= gpus <= steps, got {gpus} GPUs for {num_steps} steps")
+    if gpus < 1 or num_steps < 1:
+        raise ValueError(f"need at least one GPU and one step, got {gpus} GPUs for {num_steps} steps")
     whole = request_work_s(num_steps, step_s, encode_s, decode_s)
     costs = CostModel(encode_s, step_s, decode_s / num_frames, call_s=hop_s)
     busiest = planned_busiest_s(costs, RequestShape(num_steps, num_frames, num_frames), gpus)
     rows: dict[str, dict[str, float]] = {
         "sequential": {"gpus": 1, "busiest_s": whole + hop_s, "replicas": 1, "hops": 2},
         "data-parallel": {"gpus": gpus, "busiest_s": whole + hop_s, "replicas": gpus, "hops": 2},
-        "pipeline": {"gpus": gpus, "busiest_s": busiest, "replicas": 1, "hops": gpus + 1},
+        # with fewer steps than GPUs, a request's steps go to T of them, one step each
+        "pipeline": {"gpus": gpus, "busiest_s": busiest, "replicas": 1, "hops": min(gpus, num_steps) + 1},
     }
     for row in rows.values():
         row["samples_per_hour"] = 3600.0 * row["replicas"] / row["busiest_s"]
