@@ -15,19 +15,20 @@ def format_table(result: dict[str, Any]) -> str:
     """The human-readable summary of a result object: one table per loop kind, then the idle system."""
     s, prof = result["settings"], result["profile"]
     modes = list(result["modes"].values())
+    closed = [m for m in modes if "closed_loop" in m]
     phases = (("step", "simulate_step_ms"), ("encode", "simulate_encode_ms"), ("decode", "simulate_decode_ms"))
     simulated = [f"{name} {s[key]:g} ms" for name, key in phases if s[key] is not None]
     lines = [
         f"model {s['model']}, N={s['stages']}, T={s['steps']}, {s['frames']} frames {s['width']}x{s['height']}, "
         f"decode chunk {s['decode_chunk_size'] or s['frames']}, "
         + ("simulated " + ", ".join(simulated) if simulated else "real model")
-        + f", M={result['num_requests']} requests per mode; {result['machine']['cpus']} CPUs, "
+        + (f", M={result['num_requests']} closed-loop requests per mode" if closed else "")
+        + f"; {result['machine']['cpus']} CPUs, "
         + f"GPU: {result['machine']['gpu'] or 'none'}",
         f"profile ({prof['source']}): encode {prof['encode_ms']:.1f} ms, "
         f"step {statistics.median(prof['step_ms']):.1f} ms, decode {prof['decode_ms']:.1f} ms",
     ]
     waits = f"{'p50 s':>8}{'p95 s':>8}{'p99 s':>8}{'wait50':>8}{'wait95':>8}{'wait99':>8}"
-    closed = [m for m in modes if "closed_loop" in m]
     if closed:
         lines += [
             "",
