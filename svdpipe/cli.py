@@ -5,59 +5,17 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import types
-import typing
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
-
+from svdpipe.cli_flags import add_model_flags, model_from_args
 from svdpipe.config import EngineConfig, VideoParams
 
 SAMPLE_IMAGE = Path(__file__).parent / "assets" / "sample.png"
 # Engine fields the CLI spells differently, or leaves to config files.
 _ENGINE_ALIASES = {"num_stages": "--stages"}
 _ENGINE_SKIP = {"step_weights", "namespace", "name_prefix"}
-
-
-def _flag_type(annotation: Any) -> tuple[Any, Sequence[str] | None]:
-    """argparse type and choices for a pydantic field annotation."""
-    args = [a for a in typing.get_args(annotation) if a is not type(None)]
-    origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType) and len(args) == 1:
-        return _flag_type(args[0])
-    if origin is typing.Literal:
-        return str, [str(a) for a in typing.get_args(annotation)]
-    return annotation, None
-
-
-def add_model_flags(
-    parser: argparse.ArgumentParser,
-    model: type[BaseModel],
-    aliases: dict[str, str] | None = None,
-    skip: set[str] | frozenset[str] = frozenset(),
-) -> None:
-    """One --kebab-case flag per field; unset flags stay None so the model's own defaults apply."""
-    group = parser.add_argument_group(model.__name__)
-    for name, field in model.model_fields.items():
-        if name in skip:
-            continue
-        flag = (aliases or {}).get(name, "--" + name.replace("_", "-"))
-        kind, choices = _flag_type(field.annotation)
-        help_text = field.description or ""
-        if field.default_factory is None:
-            help_text += f" (default: {field.default})"
-        if kind is bool:
-            group.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
-        else:
-            group.add_argument(flag, dest=name, type=kind, choices=choices, default=None, help=help_text)
-
-
-def model_from_args(model: type[BaseModel], args: argparse.Namespace, **overrides: Any) -> Any:
-    values = {n: getattr(args, n) for n in model.model_fields if getattr(args, n, None) is not None}
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    return model(**values)
 
 
 def build_parser() -> argparse.ArgumentParser:

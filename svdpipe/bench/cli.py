@@ -10,16 +10,24 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
-from svdpipe.bench.settings import MODES, BenchSettings
+from svdpipe.bench.settings import LOOPS, MODES, BenchSettings
+from svdpipe.cli_flags import add_model_flags, model_from_args
+from svdpipe.config import LatencyMode
 
-_HELP = """closed-loop throughput/latency of pipeline vs data-parallel vs sequential, on the same model actors.
+_HELP = """closed- and open-loop throughput/latency of pipeline vs data-parallel vs sequential, on the same actors.
 
 Every mode is one engine: pipeline and data-parallel with N model-holding actors each, sequential with one,
 all with the same pool of CPU mux actors. Throughput is measured in steady state (the first round of
 completions excluded); the ideal is N / W requests per second, W = T x step + encode + decode (the simulated
 costs, or the profiled ones for a real model); efficiency = measured / ideal.
+
+Open loop (--arrival-rate R, or --arrival-rate-frac F for R = F x N / W): Poisson arrivals seeded by --seed, the
+same in every mode, each request sent at its arrival time whatever is still running; --requests and/or
+--duration-s bound the arrivals. It runs after the closed loop (--loops open for it alone) and reports
+p50/p95/p99 latency and queue wait (arrival to admission into the engine) from the arrival time, which a closed
+loop hides. --mode-latency data-parallel=off sets one mode's latency mode over --latency-mode.
 
 Simulation: --simulate-step-ms X makes a stand-in UNet wait X ms per call on a guidance batch of two (a batch of
 one, as without guidance or with a CFG half, waits X/2); --simulate-encode-ms and --simulate-decode-ms make the
@@ -30,22 +38,32 @@ the CPU free, as GPU kernels would.
 
 def add_bench_parser(subparsers: Any) -> None:
     """Register `svdpipe bench` on the CLI's subparsers."""
-    from svdpipe.cli import add_model_flags
-
     p = subparsers.add_parser(
         "bench",
-        help="closed-loop throughput/latency: pipeline vs data-parallel vs sequential",
+        help="closed- and open-loop throughput/latency: pipeline vs data-parallel vs sequential",
         description=_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_model_flags(p, BenchSettings, skip={"modes"})
+    add_model_flags(p, BenchSettings, skip={"modes", "loops", "mode_latency"})
+    fields = BenchSettings.model_fields
     p.add_argument(
         "--modes",
         dest="modes",
         type=_mode_list,
         default=None,
         metavar="MODE[,MODE...]",
-        help=f"{BenchSettings.model_fields['modes'].description} (default: {','.join(MODES)})",
+        help=f"{fields['modes'].description} (default: {','.join(MODES)})",
+    )
+    p.add_argument(
+        "--loops", dest="loops", type=_loop_list, default=None, metavar="LOOP[,LOOP]", help=fields["loops"].description
+    )
+    p.add_argument(
+        "--mode-latency",
+        dest="mode_latency",
+        type=_mode_latency,
+        default=None,
+        metavar="MODE=LATENCY[,...]",
+        help=f"{fields['mode_latency'].description} (e.g. data-parallel=off)",
     )
     proj = p.add_argument_group("projection (no run: arithmetic from assumed costs and a per-hop overhead)")
     proj.add_argument("--project", action="store_true", help="print the projection for --stages GPUs and exit")
@@ -68,9 +86,34 @@ def _mode_list(text: str) -> tuple[str, ...]:
     return modes
 
 
-def settings_from_args(args: argparse.Namespace) -> BenchSettings:
-    from svdpipe.cli import model_from_args
+def _loop_list(text: str) -> tuple[str, ...]:
+    loops = tuple(m.strip() for m in text.split(",") if m.strip())
+    unknown = [m for m in loops if m not in LOOPS]
+    if unknown or not loops:
+        raise argparse.ArgumentTypeError(f"unknown loop(s) {unknown or text!r}; choose from {', '.join(LOOPS)}")
+    return loops
 
+
+def _mode_latency(text: str) -> dict[str, str]:
+    """`pipeline=auto,data-parallel=off` -> {mode: latency mode}."""
+    latency_modes = get_args(LatencyMode)
+    out: dict[str, str] = {}
+    for item in (i.strip() for i in text.split(",") if i.strip()):
+        mode, sep, latency = (part.strip() for part in item.partition("="))
+        if not sep or mode not in MODES or latency not in latency_modes:
+            raise argparse.ArgumentTypeError(
+                f"{item!r} is not MODE=LATENCY with MODE one of {', '.join(MODES)} and LATENCY one of "
+                f"{', '.join(latency_modes)}"
+            )
+        if mode in out:
+            raise argparse.ArgumentTypeError(f"{mode} is given twice")
+        out[mode] = latency
+    if not out:
+        raise argparse.ArgumentTypeError("expected MODE=LATENCY[,MODE=LATENCY...]")
+    return out
+
+
+def settings_from_args(args: argparse.Namespace) -> BenchSettings:
     return model_from_args(BenchSettings, args)
 
 

@@ -11,12 +11,24 @@ of whole rounds measures them without bias (a pipeline completes evenly, so any 
 
 Ideal: the physical limit of N GPUs, N / W requests per second, with W = T x step + encode + decode the work of
 one request. Efficiency = measured / ideal.
+
+Open loop: requests arrive as a Poisson process of rate R (seeded, so every mode sees the same arrival times) and
+are sent at their arrival time whatever is still running, so a request that waits is counted from when it
+arrived (a closed loop, whose clients wait for completions before sending, hides that wait: coordinated
+omission). R may be given as a fraction of the ideal N / W. Its throughput is completions over the span from the
+first arrival to the last completion; busy fractions are over that same span (the load the arrivals put on each
+actor); latency and queue-wait percentiles are over all requests.
+
+Queue wait: arrival to admission into the engine (which admits max_inflight requests at a time; the others wait
+for a slot). Start wait: arrival to the first actor's work on the request (also counting the wait behind other
+requests in the actors' queues).
 """
 
 from __future__ import annotations
 
+import random
 from collections import defaultdict
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +49,39 @@ def ideal_samples_per_hour(workers: int, work_s: float) -> float:
     if workers < 1 or not work_s > 0:
         raise ValueError(f"need workers >= 1 and work > 0; got {workers}, {work_s}")
     return 3600.0 * workers / work_s
+
+
+def arrival_rate_from_fraction(fraction: float, workers: int, work_s: float) -> float:
+    """Requests per second at `fraction` of the ideal N / W (N = `workers`)."""
+    if not fraction > 0:
+        raise ValueError(f"the arrival rate fraction must be positive, got {fraction}")
+    return fraction * ideal_samples_per_hour(workers, work_s) / 3600.0
+
+
+def poisson_arrivals(rate_per_s: float, seed: int, max_requests: int, duration_s: float | None = None) -> list[float]:
+    """Arrival times (seconds from the start) of a Poisson process of `rate_per_s`: exponential gaps drawn from
+    `seed`, at most `max_requests` of them, and only those before `duration_s` when it is given."""
+    if not rate_per_s > 0:
+        raise ValueError(f"the arrival rate must be positive, got {rate_per_s}")
+    if max_requests < 1:
+        raise ValueError(f"need at least one request, got {max_requests}")
+    rng = random.Random(seed)
+    arrivals: list[float] = []
+    t = 0.0
+    while len(arrivals) < max_requests:
+        t += rng.expovariate(rate_per_s)
+        if duration_s is not None and t >= duration_s:
+            break
+        arrivals.append(t)
+    return arrivals
+
+
+def percentiles(values: Iterable[float], name: str) -> dict[str, float | None]:
+    """`{name}_p50_s`, `_p95_s` and `_p99_s` of `values` (seconds; None for no values)."""
+    from svdpipe.timing import percentile
+
+    data = list(values)
+    return {f"{name}_p{q}_s": percentile(data, q) if data else None for q in (50, 95, 99)}
 
 
 def efficiency(measured: float, ideal: float) -> float:
@@ -74,13 +119,55 @@ def steady_state_rate(completions: Sequence[float], workers: int) -> float:
 
 @dataclass(frozen=True)
 class Sample:
-    """One finished request of the closed loop (time.time() seconds, the clock of the actor traces)."""
+    """One finished request (time.time() seconds, the clock of the actor traces)."""
 
     index: int
-    sent: float
+    sent: float  # when it arrived: the closed loop's send, the open loop's scheduled arrival
     done: float
+    admitted: float  # when the engine admitted it (done minus the engine's own latency, which counts from there)
     timings: tuple[HopTiming, ...]
     trace: tuple[StageTrace, ...]
+
+    @property
+    def queue_wait_s(self) -> float:
+        return self.admitted - self.sent
+
+    @property
+    def start_wait_s(self) -> float | None:
+        """Arrival to the first actor's work on it (None without a trace)."""
+        return min(t.started for t in self.trace) - self.sent if self.trace else None
+
+
+def _waits(samples: Sequence[Sample]) -> dict[str, float | None]:
+    """Latency, queue-wait and start-wait percentiles of `samples`."""
+    starts = [w for w in (s.start_wait_s for s in samples) if w is not None]
+    return {
+        **percentiles((s.done - s.sent for s in samples), "latency"),
+        **percentiles((s.queue_wait_s for s in samples), "queue_wait"),
+        **percentiles(starts, "start_wait"),
+    }
+
+
+def busy_fractions(
+    samples: Sequence[Sample],
+    model_actors: Collection[str] | None,
+    span: tuple[float, float] | None = None,
+) -> dict[str, dict[str, float]]:
+    """Per-actor busy fractions of the work on `samples`: `busy_fraction` (model actors) and `mux_busy_fraction`
+    (the others). Each actor's over its own first start to last finish, or over `span` when given."""
+    from svdpipe.timing import busy_fraction
+
+    intervals: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for s in samples:
+        for entry in s.trace:
+            intervals[entry.stage].append((entry.started, entry.finished))
+    lo, hi = span if span is not None else (None, None)
+    busy = {stage: round(busy_fraction(iv, lo, hi), 4) for stage, iv in sorted(intervals.items())}
+    is_model = (lambda name: name in model_actors) if model_actors is not None else (lambda name: True)
+    return {
+        "busy_fraction": {k: v for k, v in busy.items() if is_model(k)},
+        "mux_busy_fraction": {k: v for k, v in busy.items() if not is_model(k)},
+    }
 
 
 def summarise(samples: Sequence[Sample], workers: int, model_actors: Collection[str] | None = None) -> dict[str, Any]:
@@ -88,13 +175,12 @@ def summarise(samples: Sequence[Sample], workers: int, model_actors: Collection[
 
     `model_actors` names the model-holding actors; the others (mux actors) get their own busy fractions.
     """
-    from svdpipe.timing import busy_fraction, median, percentile
+    from svdpipe.timing import median, percentile
 
     done = sorted(s.done for s in samples)
     a, b = steady_state_window(len(done), workers)
     start, end = done[a], done[b]
     measured = [s for s in samples if start < s.done <= end]
-    latencies = [s.done - s.sent for s in measured]
     # Hops into every call but the first: from the input being ready (previous call finished) and the actor
     # being free, to the call starting. Split by whether the actor was idle when the input came (the
     # hand-off's latency) or busy (the input waited: the actor's own turnaround between requests).
@@ -103,21 +189,12 @@ def summarise(samples: Sequence[Sample], workers: int, model_actors: Collection[
     busy_hops = [t.hop_ms for t in later if t.queue_ms > 0]
     dispatch = [s.timings[0].hop_ms for s in measured if s.timings]  # a parareal request has no hop timings
     steps = [t.step_ms for s in measured for t in s.timings if t.steps]
-    # Busy fraction of each actor over the span in which it worked on the measured requests (the first one's
-    # start to the last one's finish): a window of completions would count the idle drain at the end.
-    intervals: dict[str, list[tuple[float, float]]] = defaultdict(list)
-    for s in measured:
-        for entry in s.trace:
-            intervals[entry.stage].append((entry.started, entry.finished))
-    busy = {stage: round(busy_fraction(iv), 4) for stage, iv in sorted(intervals.items())}
-    is_model = (lambda name: name in model_actors) if model_actors is not None else (lambda name: True)
     return {
         "requests": len(samples),
         "measured_requests": b - a,
         "window_s": end - start,
         "samples_per_hour": 3600.0 * steady_state_rate(done, workers),
-        "latency_p50_s": percentile(latencies, 50),
-        "latency_p95_s": percentile(latencies, 95),
+        **_waits(measured),
         "calls_per_request": median(len(s.timings) for s in measured) if measured else 0,
         "per_hop_ms": median(t.hop_ms for t in later) if later else None,
         "per_hop_p95_ms": percentile([t.hop_ms for t in later], 95) if later else None,
@@ -125,8 +202,29 @@ def summarise(samples: Sequence[Sample], workers: int, model_actors: Collection[
         "hop_into_busy_actor_ms": median(busy_hops) if busy_hops else None,
         "dispatch_ms": median(dispatch) if dispatch else None,
         "actor_step_ms": median(steps) if steps else None,
-        "busy_fraction": {k: v for k, v in busy.items() if is_model(k)},
-        "mux_busy_fraction": {k: v for k, v in busy.items() if not is_model(k)},
+        # Busy fraction of each actor over the span in which it worked on the measured requests (the first one's
+        # start to the last one's finish): a window of completions would count the idle drain at the end.
+        **busy_fractions(measured, model_actors),
+    }
+
+
+def summarise_open(
+    samples: Sequence[Sample], rate_per_s: float, model_actors: Collection[str] | None = None
+) -> dict[str, Any]:
+    """Throughput, latency and queue-wait percentiles and busy fractions of one open-loop run at `rate_per_s`."""
+    if not samples:
+        raise ValueError("an open loop with no requests has nothing to summarise")
+    first, last = min(s.sent for s in samples), max(s.done for s in samples)
+    if last <= first:
+        raise ValueError("completion times do not advance past the first arrival")
+    return {
+        "requests": len(samples),
+        "arrival_rate_per_s": rate_per_s,
+        "offered_per_hour": 3600.0 * rate_per_s,
+        "window_s": last - first,
+        "samples_per_hour": 3600.0 * len(samples) / (last - first),
+        **_waits(samples),
+        **busy_fractions(samples, model_actors, (first, last)),
     }
 
 
@@ -166,18 +264,20 @@ def projection(
     Pure arithmetic, for machines we cannot measure on. sequential: one GPU does everything; data-parallel:
     `gpus` such replicas; pipeline: `gpus` model actors, the planner spreading steps, encode and decode over
     them (its expected per-actor work over a long stream of requests). Every call costs `hop_s` of turnaround
-    on its actor; a request's latency adds one hop per hand-off. Decoding is one chunk (decode_chunk_size =
+    on its actor; a request's latency adds one hop per hand-off. Fewer steps than GPUs is allowed (the planner
+    then gives T of them one step each, rotating over requests). Decoding is one chunk (decode_chunk_size =
     num_frames), so the idle pipeline's latency is the whole work plus its hops.
     """
-    if gpus < 1 or num_steps < gpus:
-        raise ValueError(f"need 1 <= gpus <= steps, got {gpus} GPUs for {num_steps} steps")
+    if gpus < 1 or num_steps < 1:
+        raise ValueError(f"need at least one GPU and one step, got {gpus} GPUs for {num_steps} steps")
     whole = request_work_s(num_steps, step_s, encode_s, decode_s)
     costs = CostModel(encode_s, step_s, decode_s / num_frames, call_s=hop_s)
     busiest = planned_busiest_s(costs, RequestShape(num_steps, num_frames, num_frames), gpus)
     rows: dict[str, dict[str, float]] = {
         "sequential": {"gpus": 1, "busiest_s": whole + hop_s, "replicas": 1, "hops": 2},
         "data-parallel": {"gpus": gpus, "busiest_s": whole + hop_s, "replicas": gpus, "hops": 2},
-        "pipeline": {"gpus": gpus, "busiest_s": busiest, "replicas": 1, "hops": gpus + 1},
+        # with fewer steps than GPUs, a request's steps go to T of them, one step each
+        "pipeline": {"gpus": gpus, "busiest_s": busiest, "replicas": 1, "hops": min(gpus, num_steps) + 1},
     }
     for row in rows.values():
         row["samples_per_hour"] = 3600.0 * row["replicas"] / row["busiest_s"]

@@ -12,38 +12,65 @@ from svdpipe.bench.settings import MODES
 
 
 def format_table(result: dict[str, Any]) -> str:
-    """The human-readable summary of a result object."""
+    """The human-readable summary of a result object: one table per loop kind, then the idle system."""
     s, prof = result["settings"], result["profile"]
-
-    def num(value: float | None, fmt: str) -> str:
-        return "-" if value is None else format(value, fmt)
-
+    modes = list(result["modes"].values())
+    closed = [m for m in modes if "closed_loop" in m]
     phases = (("step", "simulate_step_ms"), ("encode", "simulate_encode_ms"), ("decode", "simulate_decode_ms"))
     simulated = [f"{name} {s[key]:g} ms" for name, key in phases if s[key] is not None]
     lines = [
         f"model {s['model']}, N={s['stages']}, T={s['steps']}, {s['frames']} frames {s['width']}x{s['height']}, "
         f"decode chunk {s['decode_chunk_size'] or s['frames']}, "
         + ("simulated " + ", ".join(simulated) if simulated else "real model")
-        + f", M={result['num_requests']} requests per mode; {result['machine']['cpus']} CPUs, "
+        + (f", M={result['num_requests']} closed-loop requests per mode" if closed else "")
+        + f"; {result['machine']['cpus']} CPUs, "
         + f"GPU: {result['machine']['gpu'] or 'none'}",
         f"profile ({prof['source']}): encode {prof['encode_ms']:.1f} ms, "
         f"step {statistics.median(prof['step_ms']):.1f} ms, decode {prof['decode_ms']:.1f} ms",
-        "",
-        f"{'mode':<14}{'act':>4}{'mux':>4}{'C':>4}{'samples/h':>11}{'ideal/h':>10}{'eff':>7}"
-        f"{'p50 s':>8}{'p95 s':>8}{'hop ms':>8}{'busy min-max':>14}{'idle s':>8}{'/local':>8}",
     ]
-    for r in result["modes"].values():
-        busy = list(r["busy_fraction"].values())
-        lines.append(
-            f"{r['mode']:<14}{r['actors']:>4}{r['mux_actors']:>4}{r['concurrency']:>4}{r['samples_per_hour']:>11.0f}"
-            f"{r['ideal_samples_per_hour']:>10.0f}{r['efficiency']:>7.3f}"
-            f"{r['latency_p50_s']:>8.3f}{r['latency_p95_s']:>8.3f}{num(r['per_hop_ms'], '.2f'):>8}"
-            f"{min(busy):>9.2f}-{max(busy):.2f}{num(r['idle_latency_s'], '.3f'):>8}"
-            f"{num(r['idle_latency_ratio'], '.3f'):>8}"
-        )
+    waits = f"{'p50 s':>8}{'p95 s':>8}{'p99 s':>8}{'wait50':>8}{'wait95':>8}{'wait99':>8}"
+    if closed:
+        lines += [
+            "",
+            "closed loop: C clients, each sending its next request when its last one finishes",
+            f"{'mode':<14}{'latency':>10}{'act':>4}{'mux':>4}{'C':>4}{'samples/h':>11}{'ideal/h':>10}{'eff':>7}"
+            + waits
+            + f"{'hop ms':>8}{'busy min-max':>14}",
+        ]
+        for m in closed:
+            r = m["closed_loop"]
+            lines.append(
+                f"{m['mode']:<14}{m['latency_mode']:>10}{m['actors']:>4}{m['mux_actors']:>4}{r['concurrency']:>4}"
+                f"{r['samples_per_hour']:>11.0f}{m['ideal_samples_per_hour']:>10.0f}{r['efficiency']:>7.3f}"
+                + _waits(r)
+                + f"{_num(r['per_hop_ms'], '.2f'):>8}{_busy(r):>14}"
+            )
+    opened = [m for m in modes if "open_loop" in m]
+    if opened:
+        rate = result["arrival_rate_per_s"]
+        frac = f" = {s['arrival_rate_frac']:g} x N / W" if s.get("arrival_rate_frac") is not None else ""
+        lines += [
+            "",
+            f"open loop: Poisson arrivals at {rate:.3g}/s{frac} (seed {s['seed']}), each sent at its arrival time",
+            f"{'mode':<14}{'latency':>10}{'act':>4}{'mux':>4}{'M':>5}{'samples/h':>11}{'offered/h':>10}{'eff':>7}"
+            + waits
+            + f"{'busy min-max':>14}",
+        ]
+        for m in opened:
+            r = m["open_loop"]
+            lines.append(
+                f"{m['mode']:<14}{m['latency_mode']:>10}{m['actors']:>4}{m['mux_actors']:>4}{r['requests']:>5}"
+                f"{r['samples_per_hour']:>11.0f}{r['offered_per_hour']:>10.0f}{r['efficiency']:>7.3f}"
+                + _waits(r)
+                + f"{_busy(r):>14}"
+            )
+    lines += ["", f"{'idle system':<14}{'idle s':>8}{'/local':>8}"]
+    lines += [
+        f"{m['mode']:<14}{_num(m['idle_latency_s'], '.3f'):>8}{_num(m['idle_latency_ratio'], '.3f'):>8}" for m in modes
+    ]
     if "pipeline_over_data_parallel" in result:
-        lines.append(f"\npipeline / data-parallel: {result['pipeline_over_data_parallel']:.3f}")
-    bursts = [r["mode"] for r in result["modes"].values() if r["requests"] <= r["concurrency"]]
+        lines.append(f"\npipeline / data-parallel (closed loop): {result['pipeline_over_data_parallel']:.3f}")
+    bursts = [m["mode"] for m in closed if m["closed_loop"]["requests"] <= m["closed_loop"]["concurrency"]]
     if bursts:
         lines.append(
             f"\nnote: {', '.join(bursts)}: M <= C, so every request was sent at once and the loop never reached a "
@@ -52,14 +79,38 @@ def format_table(result: dict[str, Any]) -> str:
     lines += [
         "",
         "act: model-holding actors; mux: CPU mux actors; eff: measured / ideal N / W, W = T x step + encode + "
-        "decode; hop: median hand-off into calls after the first; busy: model actors; idle: one request on the "
-        "idle system, /local: vs the single-process path",
+        "decode; p50-p99: latency from arrival; wait: arrival to admission into the engine; hop: median hand-off "
+        "into calls after the first; busy: model actors; idle: one request on the idle system, /local: vs the "
+        "single-process path",
     ]
     return "\n".join(lines)
 
 
+def _num(value: float | None, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def _waits(loop: dict[str, Any]) -> str:
+    keys = [f"{name}_p{q}_s" for name in ("latency", "queue_wait") for q in (50, 95, 99)]
+    return "".join(f"{_num(loop[k], '.3f'):>8}" for k in keys)
+
+
+def _busy(loop: dict[str, Any]) -> str:
+    busy = list(loop["busy_fraction"].values())
+    return f"{min(busy):.2f}-{max(busy):.2f}" if busy else "-"
+
+
+def closed_loop_of(mode: dict[str, Any]) -> dict[str, Any] | None:
+    """A mode's closed-loop figures: its `closed_loop` object, or the mode itself in files written before the
+    open loop (whose modes held the closed loop's keys directly); None if it ran no closed loop."""
+    if "closed_loop" in mode:
+        return mode["closed_loop"]
+    return mode if "samples_per_hour" in mode else None
+
+
 def plot_results(results: Sequence[dict[str, Any]], path: str | Path) -> None:
-    """Two panels: samples/hour vs N per mode; efficiency vs simulated step time. Medians of repeated runs."""
+    """Two panels: samples/hour vs N per mode; efficiency vs simulated step time. Medians of repeated runs, of
+    the closed loop."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -76,13 +127,16 @@ def plot_results(results: Sequence[dict[str, Any]], path: str | Path) -> None:
     for r in results:
         st = r["settings"]
         for name, m in r["modes"].items():
+            loop = closed_loop_of(m)
+            if loop is None:
+                continue
             mode = f"{name} ({r['label']})" if r.get("label") else name
             if st["simulate_step_ms"] == ref_step:
-                by_n[(mode, st["stages"])].append(m["samples_per_hour"])
+                by_n[(mode, st["stages"])].append(loop["samples_per_hour"])
                 if name != "sequential":
                     ideal_n[st["stages"]] = m["ideal_samples_per_hour"]
             if st["stages"] == ref_n and st["simulate_step_ms"] is not None:
-                by_step[(mode, st["simulate_step_ms"])].append(m["efficiency"])
+                by_step[(mode, st["simulate_step_ms"])].append(loop["efficiency"])
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     series = sorted({mode for mode, _ in by_n} | {mode for mode, _ in by_step}, key=_series_order)
     for i, mode in enumerate(series):  # a series needs two points to say anything about a trend

@@ -6,6 +6,7 @@ request whole on the least-loaded actor, exactly what N independent replicas wou
 executor, so the two differ only in the plan.
 
 Closed loop: C clients each send a request, wait for it, and send the next, until M requests were sent.
+Open loop: requests sent at Poisson arrival times (metrics.poisson_arrivals), whatever is still running.
 """
 
 from __future__ import annotations
@@ -18,19 +19,22 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from svdpipe.bench.metrics import (
     Sample,
+    arrival_rate_from_fraction,
     cpu_busy_fraction,
     efficiency,
     exchange_ms_per_step,
     ideal_samples_per_hour,
+    poisson_arrivals,
     request_work_s,
     summarise,
+    summarise_open,
 )
-from svdpipe.bench.settings import BenchSettings, Mode
+from svdpipe.bench.settings import BenchSettings, Loop, Mode
 from svdpipe.profile import CostProfile
 
 if TYPE_CHECKING:
@@ -60,7 +64,7 @@ async def closed_loop(
             sent += 1
             t0 = time.time()
             result = await dispatch(index)
-            samples.append(Sample(index, t0, time.time(), tuple(result.timings), result.video.trace))
+            samples.append(_sample(index, t0, result))
             bar.update()
 
     try:
@@ -68,6 +72,36 @@ async def closed_loop(
     finally:
         bar.close()
     return samples
+
+
+async def open_loop(
+    dispatch: Callable[[int], Awaitable[EngineResult]], arrivals: Sequence[float], desc: str = ""
+) -> list[Sample]:
+    """One request per arrival time (seconds from now), each sent at its time whatever is still running, and
+    counted from that time even when this process sends it late."""
+    from tqdm import tqdm
+
+    samples: list[Sample] = []
+    bar = tqdm(total=len(arrivals), desc=desc, unit="req", leave=False, disable=None)
+    start = time.time()
+
+    async def send(index: int, at: float) -> None:
+        await asyncio.sleep(max(0.0, start + at - time.time()))
+        result = await dispatch(index)
+        samples.append(_sample(index, start + at, result))
+        bar.update()
+
+    try:
+        await asyncio.gather(*(send(i, at) for i, at in enumerate(arrivals)))
+    finally:
+        bar.close()
+    return samples
+
+
+def _sample(index: int, sent: float, result: EngineResult) -> Sample:
+    done = time.time()
+    # The engine's latency counts from admission (after the wait for a slot): admission is done minus it.
+    return Sample(index, sent, done, done - result.latency_s, tuple(result.timings), result.video.trace)
 
 
 def _cpu_times() -> tuple[float, float] | None:
@@ -145,7 +179,7 @@ class BenchRun:
             transport=s.transport if mode == "pipeline" else "object_store",  # a replica hands nothing on
             num_gpus_per_actor=s.num_gpus_per_actor,
             num_cpus_per_actor=s.num_cpus_per_actor,
-            latency_mode=s.latency_mode,
+            latency_mode=s.latency_mode_for(mode),
             parareal_tol=s.parareal_tol,
             parareal_max_iters=s.parareal_max_iters,
             num_stages=s.workers_for(mode),
@@ -212,56 +246,85 @@ class BenchRun:
             pick(s.simulate_decode_ms, p.decode_s),
         )
 
-    # 2. one mode on a running engine
+    def arrival_rate_per_s(self) -> float:
+        """The open loop's R: --arrival-rate, or --arrival-rate-frac of N / W (N = --stages, whatever the mode,
+        so that every mode sees the same arrivals)."""
+        s = self.s
+        if s.arrival_rate is not None:
+            return s.arrival_rate
+        assert s.arrival_rate_frac is not None  # BenchSettings: an open loop has one of the two
+        return arrival_rate_from_fraction(s.arrival_rate_frac, s.stages, self.work_s())
+
+    # 2. one mode on a running engine: its loops, then single requests on the idle system
     async def run_mode(self, mode: Mode, engine: Engine) -> dict[str, Any]:
         s = self.s
         workers = s.workers_for(mode)
-
-        async def dispatch(index: int) -> EngineResult:
-            return await engine.generate(self.png, self.video_params(index), OUTPUT_FORMAT)
-
-        concurrency = s.concurrency_for(mode)
-        load_before, cpu_before = os.getloadavg()[0], _cpu_times()
-        samples = await closed_loop(dispatch, s.num_requests, concurrency, desc=mode)
-        cpu_busy = cpu_busy_fraction(cpu_before, _cpu_times())
-        if mode == "pipeline" and s.ray_timeline:
-            import ray
-
-            ray.timeline(filename=s.ray_timeline)
-        # One request at a time on the idle system, alternating with the local path so both see the same
-        # background load (this machine is shared).
-        split_loaded = engine.split_requests
-        idle, local, idle_results = [], [], []
-        for i in range(s.idle_requests):
-            t0 = time.perf_counter()
-            idle_results.append(await dispatch(s.num_requests + i))
-            idle.append(time.perf_counter() - t0)
-            local.append(self.local_once(s.num_requests + i))
         ideal = ideal_samples_per_hour(workers, self.work_s())
+        sent = 0  # the request sent n-th has seed n: no two requests of a mode are the same video
+
+        async def dispatch(seed: int) -> EngineResult:
+            return await engine.generate(self.png, self.video_params(seed), OUTPUT_FORMAT)
+
         out: dict[str, Any] = {
             "mode": mode,
             "workers": workers,
             "actors": len(engine.layout),
             "mux_actors": len(engine.mux_layout),
-            "concurrency": concurrency,
             "work_s": self.work_s(),
-            **summarise(samples, workers, {spec.name for spec in engine.layout}),
+            "latency_mode": s.latency_mode_for(mode),
+            "ideal_samples_per_hour": ideal,
+        }
+        for loop in s.loop_kinds:
+            result = await self.run_loop(loop, mode, engine, lambda i, first=sent: dispatch(first + i))
+            result["efficiency"] = efficiency(result["samples_per_hour"], ideal)
+            out[f"{loop}_loop"] = result
+            sent += result["requests"]
+        # One request at a time on the idle system, alternating with the local path so both see the same
+        # background load (this machine is shared).
+        idle, local, idle_results = [], [], []
+        for i in range(s.idle_requests):
+            t0 = time.perf_counter()
+            idle_results.append(await dispatch(sent + i))
+            idle.append(time.perf_counter() - t0)
+            local.append(self.local_once(sent + i))
+        out |= {
             "idle_latency_s": statistics.median(idle) if idle else None,
             "local_idle_latency_s": statistics.median(local) if local else None,
-            # The machine is shared: its load when the mode started and how busy all its CPUs were during
-            # the closed loop (every process, not only this benchmark's).
-            "load_avg_1m_at_start": load_before,
-            "machine_cpu_busy": cpu_busy,
             "idle_latency_ratio": statistics.median(idle) / statistics.median(local) if idle else None,
-            "latency_mode": s.latency_mode,
-            "split_requests_loaded": split_loaded,  # of the closed loop's requests
             "split_requests_idle": sum(r.split for r in idle_results),
             "helper_busy_s": engine.helper_busy_s,
             "exchange_ms_per_step": exchange_ms_per_step(idle_results),
             "parareal": [dataclasses.asdict(r.parareal) for r in idle_results if r.parareal is not None],
         }
-        out["ideal_samples_per_hour"] = ideal
-        out["efficiency"] = efficiency(out["samples_per_hour"], ideal)
+        return out
+
+    async def run_loop(
+        self, loop: Loop, mode: Mode, engine: Engine, dispatch: Callable[[int], Awaitable[EngineResult]]
+    ) -> dict[str, Any]:
+        """One closed or open loop of `mode` on its running engine, summarised."""
+        s = self.s
+        model_actors = {spec.name for spec in engine.layout}
+        load_before, cpu_before, split_before = os.getloadavg()[0], _cpu_times(), engine.split_requests
+        if loop == "closed":
+            concurrency = s.concurrency_for(mode)
+            samples = await closed_loop(dispatch, s.num_requests, concurrency, desc=f"{mode} closed")
+            out = {"concurrency": concurrency, **summarise(samples, s.workers_for(mode), model_actors)}
+            if mode == "pipeline" and s.ray_timeline:
+                import ray
+
+                ray.timeline(filename=s.ray_timeline)
+        else:
+            rate = self.arrival_rate_per_s()
+            arrivals = poisson_arrivals(rate, s.seed, s.open_requests, s.duration_s)
+            if not arrivals:
+                raise ValueError(f"no arrival within --duration-s {s.duration_s:g} at {rate:g} requests/s")
+            samples = await open_loop(dispatch, arrivals, desc=f"{mode} open")
+            out = {"seed": s.seed, **summarise_open(samples, rate, model_actors)}
+        # The machine is shared: its load when the loop started and how busy all its CPUs were during it (every
+        # process, not only this benchmark's).
+        out["load_avg_1m_at_start"] = load_before
+        out["machine_cpu_busy"] = cpu_busy_fraction(cpu_before, _cpu_times())
+        out["split_requests"] = engine.split_requests - split_before
         return out
 
     async def run_modes(self) -> dict[str, dict[str, Any]]:
@@ -278,7 +341,10 @@ class BenchRun:
             finally:
                 await engine.shutdown()
             results[mode]["start_s"] = started
-            logger.info("%s: %.0f samples/hour", mode, results[mode]["samples_per_hour"])
+            for loop in self.s.loop_kinds:
+                logger.info(
+                    "%s, %s loop: %.0f samples/hour", mode, loop, results[mode][f"{loop}_loop"]["samples_per_hour"]
+                )
         return results
 
 
@@ -300,11 +366,14 @@ def run_bench(settings: BenchSettings) -> dict[str, Any]:
         **prepared,
         "modes": modes,
     }
+    if "open" in settings.loop_kinds:
+        out["arrival_rate_per_s"] = bench.arrival_rate_per_s()
     if "pipeline" in modes:
         out["idle_latency_ratio"] = modes["pipeline"]["idle_latency_ratio"]
-        if "data-parallel" in modes:
+        if "data-parallel" in modes and "closed" in settings.loop_kinds:
             out["pipeline_over_data_parallel"] = (
-                modes["pipeline"]["samples_per_hour"] / modes["data-parallel"]["samples_per_hour"]
+                modes["pipeline"]["closed_loop"]["samples_per_hour"]
+                / modes["data-parallel"]["closed_loop"]["samples_per_hour"]
             )
     out["wall_s"] = time.perf_counter() - t0
     return out
