@@ -37,14 +37,17 @@ def plan_cfg_split(
     guidance: bool,
     owners: Sequence[int],
     load: Sequence[float],
+    starts: Sequence[float] | None = None,
 ) -> SplitPlan:
     """Choose helpers for one request whose stage range i is owned by actor `owners[i]` (chain order).
 
-    `load[a]` is the work (any unit, e.g. expected seconds) other requests have queued or running on actor a
-    when this one is admitted. 'cfg-split' always takes a helper; 'auto' takes one only from actors with
-    nothing queued, so under load it changes nothing. Range i's candidates are the owners of the ranges
-    after it in chain order (each idles until this request reaches it anyway, and helping is spread over the
-    chain), then actors owning none of its ranges; never its own owner.
+    `load[a]` is the work (expected seconds) other requests have queued or running on actor a when this one
+    is admitted. 'cfg-split' always takes a helper; 'auto' takes one only from actors with nothing queued, so
+    under load it changes nothing. With `starts` (when the request reaches range i, in seconds from now, if no
+    actor made it wait) 'auto' looks ahead: range i is split only if its owner and the helper will have done
+    their queued work by then, so an actor busy now can still help a later range. Range i's candidates are
+    the owners of the ranges after it in chain order (each idles until this request reaches it anyway, and
+    helping is spread over the chain), then actors owning none of its ranges; never its own owner.
     (At run time a helper that has become busy declines each half and the owner computes it itself, so
     a request already split never holds back one admitted after it.)
     """
@@ -53,6 +56,8 @@ def plan_cfg_split(
         raise ValueError(f"load must be >= 0, got {list(load)}")
     if any(not 0 <= a < len(load) for a in owners):
         raise ValueError(f"owners {list(owners)} name actors outside 0..{len(load) - 1}")
+    if starts is not None and len(starts) != n:
+        raise ValueError(f"{len(starts)} start times for {n} ranges")
     unsplit: tuple[int | None, ...] = (None,) * n
     if mode not in ("cfg-split", "auto"):
         return SplitPlan(unsplit, f"latency_mode {mode}")
@@ -66,7 +71,9 @@ def plan_cfg_split(
         candidates = [owners[(i + d) % n] for d in range(1, n)] + others
         candidates = [c for c in dict.fromkeys(candidates) if c != owners[i]]
         if mode == "auto":
-            candidates = [c for c in candidates if load[c] <= IDLE_S]
+            start = starts[i] if starts is not None else 0.0
+            owner_free = starts is None or load[owners[i]] <= start + IDLE_S
+            candidates = [c for c in candidates if owner_free and load[c] <= start + IDLE_S]
         helpers.append(candidates[0] if candidates else None)
     if not any(h is not None for h in helpers):
         return SplitPlan(unsplit, "auto: no idle actor to borrow")

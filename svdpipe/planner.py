@@ -196,7 +196,8 @@ class Planner:
                 return dataclasses.replace(plan, parareal=True, split_reason="parareal: alone on the pipeline")
             why = "other requests in flight" if not alone else "parareal needs >= 2 stages"
             return dataclasses.replace(plan, split_reason=f"runs its plan, not parareal ({why})")
-        split = plan_cfg_split(self.latency_mode, shape.cfg, [st.actor for st in plan.stages], load)
+        owners = [st.actor for st in plan.stages]
+        split = plan_cfg_split(self.latency_mode, shape.cfg, owners, load, stage_starts(plan, self.costs))
         if not split.split:
             return dataclasses.replace(plan, split_reason=split.reason)
         work = split_work(plan, split, self.costs.step_s)
@@ -335,6 +336,17 @@ def plan_calls(plan: Plan) -> list[ActorCall]:
 def mux_call_index(plan: Plan) -> int:
     """The index the plan's mux call reports its events under (after every model-actor call)."""
     return len(plan_calls(plan))
+
+
+def stage_starts(plan: Plan, costs: CostModel) -> list[float]:
+    """When the request reaches each stage of the plan, in seconds from now, if no actor makes it wait (unsplit
+    stage costs: a split stage ends sooner, so this errs towards splitting; a helper busy by then declines)."""
+    starts, t = [], 0.0
+    step = costs.step_cost(plan.cfg)
+    for i, stage in enumerate(plan.stages):
+        starts.append(t)
+        t += len(stage.steps) * step + (costs.encode_s if i == 0 else 0.0) + costs.call_s
+    return starts
 
 
 def call_work(call: ActorCall, costs: CostModel, cfg: bool) -> dict[int, float]:

@@ -97,16 +97,22 @@ def test_a_finished_stage_frees_its_actor_for_the_next_request():
     assert plans[False].encode_actor != 0
 
 
-def test_auto_splits_only_onto_actors_with_nothing_outstanding():
+def test_auto_splits_an_idle_pipeline_and_nothing_under_load():
     planner = Planner(3, 1, COSTS, latency_mode="auto")
-    first = planner.admit("a", SHAPE, now=0.0)
-    assert first.split  # alone: every range borrows an idle actor
-    second = planner.admit("b", SHAPE, now=0.1)
-    assert not second.split and "no idle actor" in second.split_reason
-    for call in plan_calls(first):  # a ends; b's work remains, so b's successor still finds no idle actor
-        planner.record(ended("a", call.index, 1.0))
-    planner.release("a")
-    assert not planner.admit("c", SHAPE, now=1.0).split
+    assert planner.admit("a", SHAPE, now=0.0).split  # alone: every range borrows an idle actor
+    planner.ledger.add("load", [(0, {0: 30.0, 1: 30.0, 2: 30.0})], 1, 0, now=0.0)  # every actor queued far ahead
+    crowded = planner.admit("b", SHAPE, now=0.1)
+    assert not crowded.split and "no idle actor" in crowded.split_reason
+
+
+def test_auto_looks_ahead_an_actor_busy_now_helps_a_later_range():
+    """Only actor 0 has work queued (1.5 s): the first range waits for it and runs unsplit, but by the time the
+    request reaches ranges 1 and 2 (2 and 4 s from now) actor 0 is free again and can help."""
+    planner = Planner(3, 1, COSTS, latency_mode="auto")
+    planner.ledger.add("other", [(0, {0: 1.5})], 1, 0, now=0.0)
+    plan = planner.admit("b", SHAPE, now=0.0)
+    assert plan.helpers[0] is None and plan.helpers[1] is not None and plan.helpers[2] is not None
+    assert 0 in plan.helpers[1:]
 
 
 def test_parareal_only_alone_and_its_work_runs_from_admission():
