@@ -315,11 +315,12 @@ class Engine:
         except asyncio.CancelledError:
             run.cancel()
             raise
+        lost = record.lost.exception() if record.lost.done() else None  # retrieved either way: no asyncio warning
         if run in done:
             return run.result()
         run.cancel()
-        if record.lost in done:
-            raise record.lost.exception()
+        if lost is not None:
+            raise lost
         raise asyncio.TimeoutError
 
     async def _watch_health(self) -> None:
