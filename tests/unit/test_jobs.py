@@ -257,8 +257,8 @@ def _replica(open_store, tmp_path, name: str, engine: FakeEngine, **cfg: Any) ->
 
 async def _crash(manager: JobManager) -> None:
     """The replica's process dies: its loops and jobs stop, nothing is released or recorded."""
-    manager._stopping = True
-    tasks = [*manager._background, *manager._tasks.values()]
+    manager.local.stopping = True
+    tasks = [*manager._background, *manager.local.tasks.values()]
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
@@ -371,7 +371,7 @@ def test_store_outage_running_job_keeps_going_and_is_recorded_when_back(tmp_path
     if find_bin_dir() is None:
         pytest.skip("PostgreSQL binaries (initdb, pg_ctl) are not installed")
     from svdpipe.errors import StoreUnavailableError
-    from svdpipe.service.postgres_store import PostgresJobStore
+    from svdpipe.service.store.postgres import PostgresJobStore
 
     cluster = PgCluster()
     cluster.start()
@@ -397,10 +397,10 @@ def test_store_outage_running_job_keeps_going_and_is_recorded_when_back(tmp_path
             except StoreUnavailableError as exc:
                 errors.append(exc)
             for _ in range(500):  # the job ends while the database is down: its result waits in memory
-                if job.id in manager._unrecorded:
+                if job.id in manager.recorder.unrecorded:
                     break
                 await asyncio.sleep(0.01)
-            waited = job.id in manager._unrecorded
+            waited = job.id in manager.recorder.unrecorded
             await asyncio.to_thread(cluster.start)
             done = None
             for _ in range(2000):  # reads fail fast (503) until the store reconnects, then show the result

@@ -1,6 +1,6 @@
 """The PostgreSQL job store: one queue and one set of records shared by every replica, through psycopg 3.
 
-All of the job logic is :class:`~svdpipe.service.store.SQLJobStore`'s; this module adds the connection, the
+All of the job logic is :class:`~svdpipe.service.store.sql.SQLJobStore`'s; this module adds the connection, the
 schema and its migrations, and row locking: a claim takes the oldest queued row ``FOR UPDATE SKIP LOCKED``, so
 replicas claiming at the same moment each get a different job without waiting for each other.
 
@@ -24,7 +24,8 @@ import psycopg
 import psycopg.errors
 
 from svdpipe.errors import StoreUnavailableError
-from svdpipe.service.store import SQLJobStore, redact
+from svdpipe.service.store.addresses import redact
+from svdpipe.service.store.sql import SQLJobStore
 
 logger = logging.getLogger(__name__)
 
