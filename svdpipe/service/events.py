@@ -13,6 +13,7 @@ and at least every `poll_s` too (a change made by another process, e.g. another 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Callable
@@ -39,17 +40,39 @@ An event's `id` names the state it shows; reconnecting with `Last-Event-ID` send
 
 
 class ChangeSignal:
-    """Wakes every waiter when any job changes. Take `waiter()` *before* reading state, so no change is missed."""
+    """Wakes every waiter when any job changes. Take `waiter()` *before* reading state, so no change is missed.
+
+    `notify()` may be called from any thread (the API runs store calls in worker threads): off the event loop's
+    thread it hands the wake-up to the loop."""
 
     def __init__(self) -> None:
         self._event = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def notify(self) -> None:
+        loop = self._loop
+        if loop is not None and not _on_loop(loop):
+            loop.call_soon_threadsafe(self._notify)
+        else:
+            self._notify()
+
+    def _notify(self) -> None:
         self._event.set()
         self._event = asyncio.Event()
 
     def waiter(self) -> asyncio.Event:
+        if self._loop is None:
+            with contextlib.suppress(RuntimeError):
+                self._loop = asyncio.get_running_loop()
         return self._event
+
+
+def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether this thread is running ``loop``."""
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False
 
 
 class JobState(NamedTuple):

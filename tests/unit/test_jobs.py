@@ -292,9 +292,9 @@ def test_cancel_through_another_replica_stops_the_job_where_it_runs(open_store, 
         a = _replica(open_store, tmp_path, "a", engine_a)
         b = _replica(open_store, tmp_path, "b", FakeEngine(max_inflight=1))
         await a.start()
-        await b.start()
         long = a.submit(_png(), VideoParams(num_inference_steps=400), "mp4")
         await _wait_status(a, long.id, ("in_progress",))
+        await b.start()  # after a holds the job (b's claim loop would race a's for it)
         for _ in range(100):  # wait for a heartbeat to carry a's progress to the store
             if b.get(long.id).progress > 0:
                 break

@@ -72,7 +72,7 @@ class Dispatcher:
             local.wakeup.clear()  # before the claim: a submit during it must still wake the next wait
             if len(local.tasks) < self.engine.config.max_inflight:
                 try:
-                    record = self.store.claim(self.owner, self.config.lease_s)
+                    record = await asyncio.to_thread(self.store.claim, self.owner, self.config.lease_s)
                     self.outage.ok()
                 except StoreUnavailableError as exc:
                     self.outage.failed(exc)
@@ -114,7 +114,7 @@ class Dispatcher:
 
         ended = {"started_at": record.started_at or time.time(), "created_at": record.created_at}
         try:
-            image = self.store.image(job_id)
+            image = await asyncio.to_thread(self.store.image, job_id)
             result = await self.engine.generate(
                 image,
                 ResolvedParams(**record.parameters),
@@ -125,7 +125,7 @@ class Dispatcher:
         except (RequestCancelledError, asyncio.CancelledError):
             if self.local.stopping:
                 raise  # shutting down: stop() re-queues the job for another replica
-            self.recorder.record(job_id, Outcome("cancelled", **ended))
+            await self.recorder.record(job_id, Outcome("cancelled", **ended))
             return
         except KeyError:
             return  # deleted before it started
@@ -136,11 +136,13 @@ class Dispatcher:
             )
             return
         except (InvalidRequestError, RequestFailedError, SvdpipeError) as exc:
-            self.recorder.record(job_id, Outcome("failed", str(exc), **ended))
+            await self.recorder.record(job_id, Outcome("failed", str(exc), **ended))
             return
         except Exception as exc:
             logger.exception("job %s failed unexpectedly", job_id)
-            self.recorder.record(job_id, Outcome("failed", f"internal error: {type(exc).__name__}: {exc}", **ended))
+            await self.recorder.record(
+                job_id, Outcome("failed", f"internal error: {type(exc).__name__}: {exc}", **ended)
+            )
             return
         # How the job ran (nothing of it changes the frames beyond fp32 rounding): kept with its parameters.
         ran: dict[str, Any] = {"latency_mode": self.engine.config.latency_mode, "cfg_split": result.split}
@@ -149,7 +151,7 @@ class Dispatcher:
             ran["parareal_unet_evals"] = result.parareal.unet_evals
             ran["parareal_final_change"] = result.parareal.final_change
         self.metrics.latency_mode(result.split, sum(t.helper_s for t in result.video.trace))
-        self.recorder.record(
+        await self.recorder.record(
             job_id,
             Outcome(
                 "completed",

@@ -7,12 +7,13 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from svdpipe.config import OutputFormat, VideoParams, resolve_params
-from svdpipe.errors import QueueFullError, StoreUnavailableError
+from svdpipe.errors import QueueFullError, StorageFullError, StoreUnavailableError
 from svdpipe.service.config import ServiceConfig
+from svdpipe.service.disk import MB, below_floor, free_bytes
 from svdpipe.service.events import ChangeSignal
 from svdpipe.service.jobs.dispatcher import Dispatcher, EngineLike
 from svdpipe.service.jobs.housekeeper import HOUSEKEEPING_S, Housekeeper
@@ -79,10 +80,11 @@ class JobManager:
 
     async def start(self) -> None:
         """Repair what a crash left in the store, then start claiming jobs."""
-        recovered = self.store.recover(self.config.max_job_attempts)
+        recovered = await asyncio.to_thread(self.store.recover, self.config.max_job_attempts)
         if recovered:
             logger.info("%d job(s) waiting in the queue at start-up", len(recovered))
         loop = asyncio.get_running_loop()
+        self.local.loop = loop
         self._background = [
             loop.create_task(self.dispatcher.run()),
             loop.create_task(_forever(self.lease_keeper.heartbeat_once, self.config.poll_interval_s)),
@@ -98,9 +100,9 @@ class JobManager:
         for task in list(self.local.tasks.values()):
             task.cancel()
         await asyncio.gather(*self._background, *self.local.tasks.values(), return_exceptions=True)
-        self.recorder.flush()
+        await self.recorder.flush()
         try:
-            released = self.store.release(self.owner)
+            released = await asyncio.to_thread(self.store.release, self.owner)
         except StoreUnavailableError:
             logger.warning("job store unreachable at shutdown: this replica's jobs are re-queued once leases expire")
         else:
@@ -110,8 +112,17 @@ class JobManager:
     # ---------------------------------------------------------------- API operations
 
     def submit(self, image_png: bytes, params: VideoParams, output_format: OutputFormat) -> JobRecord:
-        """Validate and queue a job. Raises InvalidRequestError, QueueFull or StoreUnavailableError."""
+        """Validate and queue a job. Raises InvalidRequestError, QueueFull, StorageFullError (the data directory
+        is below ``min_free_mb`` or full) or StoreUnavailableError. Blocking: the API calls it in a worker thread.
+        """
         resolved = resolve_params(params, self.engine.spec)
+        # A job accepted now must be able to store its video: refuse it while the disk is nearly full.
+        free = free_bytes(self.config.data_dir)
+        if below_floor(free, self.config.min_free_mb):
+            raise StorageFullError(
+                f"the data directory has {free / MB:.1f} MB free, below the service's floor of "
+                f"{self.config.min_free_mb:g} MB; retry later"
+            )
         # The whole shared queue counts. Two replicas may both admit the last slot at the same moment: the
         # bound is exact to within one job per replica, which is what back-pressure needs.
         waiting = self.store.counts()["queued"]
@@ -128,7 +139,7 @@ class JobManager:
             output_format=output_format,
         )
         self.store.create(record, image_png)
-        self.local.wakeup.set()
+        self.local.wake()
         self.metrics.job_status("queued")
         self.changes.notify()
         return record
@@ -139,9 +150,8 @@ class JobManager:
 
     def live(self, record: JobRecord) -> JobRecord:
         """The record with this replica's newest progress of a job it runs (the store's is up to one poll old)."""
-        if record.status == "in_progress" and record.id in self.local.progress:
-            return record.model_copy(update={"progress": self.local.progress[record.id]})
-        return record
+        progress = self.local.progress.get(record.id) if record.status == "in_progress" else None
+        return record if progress is None else record.model_copy(update={"progress": progress})
 
     def queue_positions(self, job_ids: list[str]) -> dict[str, int]:
         """Position in the shared queue (1 = next to start) of each of these jobs that is waiting."""
@@ -159,9 +169,10 @@ class JobManager:
         record = self.store.get(job_id)
         if record is None or record.status in TERMINAL:
             return record
-        fields = {"progress": self.local.progress[job_id]} if job_id in self.local.progress else {}
+        progress = self.local.progress.get(job_id)
+        fields = {"progress": progress} if progress is not None else {}
         cancelled = self.store.finish(job_id, "cancelled", error=None, **fields)
-        self.dispatcher.stop_local(job_id)
+        self.local.call(self.dispatcher.stop_local, job_id)
         if cancelled is not None:
             self.metrics.job_status("cancelled")
         self.changes.notify()
@@ -176,10 +187,17 @@ class JobManager:
         return deleted
 
     async def health(self) -> dict[str, Any]:
+        """Stages, queue and free space; ``degraded`` if a stage is down or the data directory is below its floor.
+        The store and the disk are asked in worker threads: health answers quickly even when they do not."""
         stages = await self.engine.health()
+        free = await asyncio.to_thread(free_bytes, self.config.data_dir)
+        counts = await asyncio.to_thread(self.store.counts)
+        ok = all(s["state"] == "alive" for s in stages) and not below_floor(free, self.config.min_free_mb)
         return {
-            "status": "ok" if all(s["state"] == "alive" for s in stages) else "degraded",
-            "queued": self.store.counts()["queued"],
+            "status": "ok" if ok else "degraded",
+            "data_dir_free_mb": round(free / MB, 1),
+            "min_free_mb": self.config.min_free_mb,
+            "queued": counts["queued"],
             "in_progress": len(self.local.tasks),
             "max_inflight": self.engine.config.max_inflight,
             "max_queue": self.config.max_queue,
@@ -187,11 +205,11 @@ class JobManager:
         }
 
 
-async def _forever(step: Callable[[], None], interval_s: float) -> None:
+async def _forever(step: Callable[[], Awaitable[None]], interval_s: float) -> None:
     """Run ``step`` every ``interval_s``; a bug in one round is logged and does not end the loop."""
     while True:
         await asyncio.sleep(interval_s)
         try:
-            step()
+            await step()
         except Exception:
             logger.exception("%s failed", getattr(step, "__name__", step))

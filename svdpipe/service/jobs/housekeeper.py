@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -35,20 +36,13 @@ class Housekeeper:
         self.metrics, self.outage = metrics, outage
         self._last_purge = self._last_log = 0.0
 
-    def housekeeping_once(self) -> None:
+    async def housekeeping_once(self) -> None:
         now = time.time()
         summary = self.engine.stats.summary()
         self.metrics.stages(summary)
         tasks = self.local.tasks
         try:
-            # Any replica re-queues the jobs of a dead one; the store makes it safe to do so concurrently.
-            self.store.requeue_expired(self.config.max_job_attempts)
-            queued = self.store.counts()["queued"]
-            if now - self._last_purge > _PURGE_EVERY_S:
-                self._last_purge = now
-                purged = self.store.purge_expired(self.config.retention_s)
-                if purged:
-                    logger.info("deleted %d job(s) past retention", purged)
+            queued = await asyncio.to_thread(self._store_round, now)
         except StoreUnavailableError as exc:
             self.outage.failed(exc)
             return
@@ -63,3 +57,15 @@ class Housekeeper:
                     f"{s} busy {f['busy_fraction']:.2f} hop {f['hop_ms_p50']:.1f} ms" for s, f in summary.items()
                 ),
             )
+
+    def _store_round(self, now: float) -> int:
+        """The store's part of a round (run in a worker thread); the number of queued jobs."""
+        # Any replica re-queues the jobs of a dead one; the store makes it safe to do so concurrently.
+        self.store.requeue_expired(self.config.max_job_attempts)
+        queued = self.store.counts()["queued"]
+        if now - self._last_purge > _PURGE_EVERY_S:
+            self._last_purge = now
+            purged = self.store.purge_expired(self.config.retention_s)
+            if purged:
+                logger.info("deleted %d job(s) past retention", purged)
+        return queued

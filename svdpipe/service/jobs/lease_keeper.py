@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 
@@ -32,22 +33,22 @@ class LeaseKeeper:
         self.store, self.config, self.owner, self.local = store, config, owner, local
         self.recorder, self.stop_local, self.outage = recorder, stop_local, outage
 
-    def heartbeat_once(self) -> None:
+    async def heartbeat_once(self) -> None:
         """Renew leases and store progress; stop jobs that were cancelled or deleted through another replica."""
         unrecorded = self.recorder.unrecorded
         progress = {**{j: 99 for j in unrecorded}, **self.local.progress}
         if not progress:
             return
         try:
-            held = self.store.heartbeat(self.owner, progress, self.config.lease_s)
+            held = await asyncio.to_thread(self.store.heartbeat, self.owner, progress, self.config.lease_s)
             self.outage.ok()
         except StoreUnavailableError as exc:
             self.outage.failed(exc)
             return  # jobs keep running; their leases are renewed once the store answers again
         for job_id in progress.keys() - held:
             if job_id in unrecorded:
-                del unrecorded[job_id]  # cancelled, deleted or re-run elsewhere meanwhile
+                unrecorded.pop(job_id, None)  # cancelled, deleted or re-run elsewhere meanwhile
             elif job_id in self.local.tasks:
                 logger.info("job %s was cancelled or deleted through another replica: stopping it", job_id)
                 self.stop_local(job_id)
-        self.recorder.flush()
+        await self.recorder.flush()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from svdpipe.service.events import ChangeSignal
@@ -22,3 +23,20 @@ class LocalJobs:
     # the store, for changes made by other replicas).
     changes: ChangeSignal = field(default_factory=ChangeSignal)
     stopping: bool = False  # shutting down: a cancelled job is re-queued, not recorded as cancelled
+    loop: asyncio.AbstractEventLoop | None = None  # the replica's event loop, once started
+
+    def wake(self) -> None:
+        """Wake the dispatcher (callable from any thread: the API submits jobs from worker threads)."""
+        self.call(self.wakeup.set)
+
+    def call(self, fn: Callable[..., object], *args: object) -> None:
+        """Run ``fn(*args)`` on the replica's event loop: now if this is its thread, else as soon as it can."""
+        loop = self.loop
+        try:
+            on_loop = loop is None or asyncio.get_running_loop() is loop
+        except RuntimeError:
+            on_loop = False
+        if on_loop or loop is None:
+            fn(*args)
+        else:
+            loop.call_soon_threadsafe(fn, *args)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass
 from typing import Any
 
-from svdpipe.errors import StoreUnavailableError
+from svdpipe.errors import StorageFullError, StoreUnavailableError
 from svdpipe.service.jobs.local import LocalJobs
 from svdpipe.service.jobs.outage import StoreOutage
 from svdpipe.service.metrics import ServiceMetrics
@@ -38,10 +39,11 @@ class OutcomeRecorder:
         self.store, self.owner, self.local, self.metrics, self.outage = store, owner, local, metrics, outage
         self.unrecorded: dict[str, Outcome] = {}  # finished here, not yet in the store (it was unreachable)
 
-    def record(self, job_id: str, outcome: Outcome) -> None:
-        """Write a job's end to the store, or keep it (with its lease renewed) until the store is back."""
+    async def record(self, job_id: str, outcome: Outcome) -> None:
+        """Write a job's end to the store (in a worker thread: the event loop never waits on the store or the
+        disk), or keep it (with its lease renewed) until the store is back."""
         try:
-            self._write(job_id, outcome)
+            await asyncio.to_thread(self._write, job_id, outcome)
         except StoreUnavailableError as exc:
             self.outage.failed(exc)
             self.unrecorded[job_id] = outcome
@@ -58,6 +60,14 @@ class OutcomeRecorder:
                 self.store.put_content(job_id, outcome.video or b"")
             except KeyError:
                 return  # deleted meanwhile
+            except StorageFullError as exc:
+                # No partial file is left (the write goes to a temporary file that is removed); the job fails
+                # with the reason, rather than waiting, holding its video in memory, for space that may not come.
+                logger.error("job %s: its video could not be stored: %s", job_id, exc)
+                error = f"the finished video could not be stored: {exc}; please submit the job again"
+                if self.store.finish(job_id, "failed", owner=self.owner, error=error) is not None:
+                    self.metrics.job_status("failed")
+                return
             extra = {"parameters": outcome.parameters} if outcome.parameters is not None else {}
             record = self.store.finish(job_id, "completed", owner=self.owner, progress=100, error=None, **extra)
             if record is not None:
@@ -72,14 +82,14 @@ class OutcomeRecorder:
         if self.store.finish(job_id, outcome.status, owner=self.owner, **fields) is not None:
             self.metrics.job_status(outcome.status)
 
-    def flush(self) -> None:
+    async def flush(self) -> None:
         """Record the outcomes the store missed while it was down, oldest first; stop at the first failure."""
         for job_id, outcome in list(self.unrecorded.items()):
             try:
-                self._write(job_id, outcome)
+                await asyncio.to_thread(self._write, job_id, outcome)
             except StoreUnavailableError as exc:
                 self.outage.failed(exc)
                 return
-            del self.unrecorded[job_id]
+            self.unrecorded.pop(job_id, None)
             self.local.changes.notify()
             logger.info("recorded job %s (%s) now that the store is back", job_id, outcome.status)

@@ -141,6 +141,10 @@ class PostgresJobStore(SQLJobStore):
     def _is_duplicate(self, exc: BaseException) -> bool:
         return isinstance(exc, psycopg.errors.UniqueViolation)
 
+    def _now(self, conn: _Connection) -> float:
+        """The server's clock (``now()``: the start of the transaction), the one every replica shares."""
+        return float(conn.execute("SELECT EXTRACT(EPOCH FROM now())").fetchone()[0])
+
     def close(self) -> None:
         """Close the connection; the store cannot be used afterwards. Calling it twice is harmless."""
         with self._lock:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from svdpipe.service.store.records import JobRecord, JobStatus
@@ -42,6 +43,10 @@ class JobStore(Protocol):
 
     def content(self, job_id: str) -> bytes | None:
         """The finished video, or None if there is none."""
+        ...
+
+    def content_path(self, job_id: str) -> Path | None:
+        """The finished video's file (to serve it without reading it into memory), or None if there is none."""
         ...
 
     def counts(self) -> dict[str, int]:

@@ -64,6 +64,12 @@ class SQLJobStore(abc.ABC):
     def _is_duplicate(self, exc: BaseException) -> bool:
         """Whether ``exc`` is the driver's unique-key violation."""
 
+    def _now(self, conn: Any) -> float:
+        """The database's clock, in seconds since the epoch: leases are compared with it, so replicas whose own
+        clocks disagree still agree on when a lease expires. SQLite's clock is this host's clock (the database
+        is a file on it), so the base class reads that; PostgreSQL asks the server."""
+        return time.time()
+
     @abc.abstractmethod
     def close(self) -> None:
         """Release the connection; calling it twice is harmless."""
@@ -238,6 +244,15 @@ class SQLJobStore(abc.ABC):
         finally:
             tmp.unlink(missing_ok=True)
 
+    def content_path(self, job_id: str) -> Path | None:
+        """The file of the job's finished video (complete: it was renamed into place), or None if there is none."""
+        validate_job_id(job_id)
+        record = self.get(job_id)
+        if record is None:
+            return None
+        path = self._video_path(job_id, record.output_format)
+        return path if path.is_file() else None
+
     def content(self, job_id: str) -> bytes | None:
         """The job's finished video, or None if the job is unknown or has none."""
         validate_job_id(job_id)
@@ -262,8 +277,8 @@ class SQLJobStore(abc.ABC):
     def claim(self, owner: str, lease_s: float, now: float | None = None) -> JobRecord | None:
         """Start the oldest queued job (created_at, then id) for ``owner``: status ``in_progress``, one more
         attempt, a lease until ``now + lease_s``. Atomic: two claimers never get the same job. None if none waits."""
-        now = time.time() if now is None else now
         with self._transaction() as conn:
+            now = self._now(conn) if now is None else now
             row = conn.execute(
                 "UPDATE jobs SET status = 'in_progress', owner = ?, lease_expires_at = ?, attempts = attempts + 1, "
                 "started_at = ?, progress = 0 WHERE id = (SELECT id FROM jobs WHERE status = 'queued' "
@@ -278,11 +293,11 @@ class SQLJobStore(abc.ABC):
         Returns the ids that are still ``in_progress`` and held by ``owner``; a job missing from the answer was
         cancelled or deleted through another replica, or re-queued after its lease expired, and must be stopped.
         """
-        now = time.time() if now is None else now
         held: set[str] = set()
         if not progress:
             return held
         with self._transaction() as conn:
+            now = self._now(conn) if now is None else now
             for job_id, pct in sorted(progress.items()):  # sorted: the same lock order in every replica
                 row = conn.execute(
                     "UPDATE jobs SET lease_expires_at = ?, progress = ? "
@@ -303,8 +318,8 @@ class SQLJobStore(abc.ABC):
             raise ValueError(f"{status!r} is not a terminal status")
         if not is_valid_job_id(job_id):
             return None
-        now = time.time() if now is None else now
         with self._transaction() as conn:
+            now = self._now(conn) if now is None else now
             current = self._fetch(conn, job_id, lock=True)
             if current is None or current.status in TERMINAL:
                 return None
@@ -333,9 +348,9 @@ class SQLJobStore(abc.ABC):
         ``max_attempts`` times; a job with no lease at all counts as expired. Returns how many changed."""
         if max_attempts < 1:
             raise ValueError("max_attempts must be >= 1")
-        now = time.time() if now is None else now
         expired = "status = 'in_progress' AND (lease_expires_at IS NULL OR lease_expires_at < ?)"
         with self._transaction() as conn:
+            now = self._now(conn) if now is None else now
             failed = conn.execute(
                 f"SELECT id, attempts FROM jobs WHERE {expired} AND attempts >= ?{self._FOR_UPDATE}",
                 (now, max_attempts),
@@ -383,7 +398,7 @@ class SQLJobStore(abc.ABC):
         writes a crash interrupted. Safe to call while other replicas use the store.
         """
         now = time.time()
-        self.requeue_expired(max_attempts, now)
+        self.requeue_expired(max_attempts)
         lost = 0
         with self._reading() as conn:
             rows = conn.execute(f"{_SELECT} WHERE status IN ('completed', 'queued')").fetchall()

@@ -9,6 +9,8 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+from svdpipe.errors import StorageFullError
+from svdpipe.service.disk import free_bytes, full_message
 from svdpipe.service.store.sql import SQLJobStore
 
 logger = logging.getLogger(__name__)
@@ -88,10 +90,17 @@ class SQLiteJobStore(SQLJobStore):
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
-            except BaseException:
+            except BaseException as exc:
                 conn.execute("ROLLBACK")
+                _raise_if_full(exc, self.data_dir)
                 raise
-            conn.execute("COMMIT")
+            try:
+                conn.execute("COMMIT")
+            except sqlite3.OperationalError as exc:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                _raise_if_full(exc, self.data_dir)
+                raise
 
     @contextlib.contextmanager
     def _reading(self) -> Iterator[sqlite3.Connection]:
@@ -100,3 +109,9 @@ class SQLiteJobStore(SQLJobStore):
 
     def _is_duplicate(self, exc: BaseException) -> bool:
         return isinstance(exc, sqlite3.IntegrityError)
+
+
+def _raise_if_full(exc: BaseException, data_dir: Path) -> None:
+    """SQLite's "database or disk is full" as :class:`~svdpipe.errors.StorageFullError` (nothing was changed)."""
+    if isinstance(exc, sqlite3.OperationalError) and getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+        raise StorageFullError(full_message(data_dir, free_bytes(data_dir))) from exc
