@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import io
 import os
+import shutil
 import signal
 import socket
 import statistics
@@ -97,6 +98,7 @@ class Load:
         self.streams_open = 0
         self.events = 0
         self.submitted = 0
+        self.ended: dict[str, int] = {}  # final events seen, by name
         self.image = _png()
 
     async def feeder(self) -> None:
@@ -128,9 +130,10 @@ class Load:
                         async for line in r.aiter_lines():
                             if line.startswith("event: "):
                                 self.events += 1
-                                if line[7:] in ("completed", "failed", "cancelled", "error"):
-                                    with contextlib.suppress(ValueError):
-                                        self.live.remove(job_id)
+                                name = line[7:]
+                                if name in ("completed", "failed", "cancelled", "error") and job_id in self.live:
+                                    self.live.remove(job_id)
+                                    self.ended[name] = self.ended.get(name, 0) + 1
                             if self.stop.is_set():
                                 break
                     finally:
@@ -155,9 +158,11 @@ async def _measure(args: argparse.Namespace, url: str, proc: subprocess.Popen | 
             await asyncio.sleep(0.5)
         latencies: list[float] = []
         running: list[int] = []
+        open_streams: list[int] = []
         errors = 0
         end = time.monotonic() + args.duration_s
         while time.monotonic() < end:
+            open_streams.append(load.streams_open)
             t0 = time.perf_counter()
             try:
                 r = await probe.get("/v1/health", timeout=10)
@@ -176,14 +181,16 @@ async def _measure(args: argparse.Namespace, url: str, proc: subprocess.Popen | 
     if len(latencies) < 20:
         print(f"too few health samples ({len(latencies)}, {errors} errors)")
         return 1
-    q = statistics.quantiles(latencies, n=100)
+    q = statistics.quantiles(latencies, n=100, method="inclusive")
     print(
         f"health latency over {args.duration_s:.0f} s, {len(latencies)} samples: p50 {statistics.median(latencies):.1f}"
         f" ms, p95 {q[94]:.1f} ms, p99 {q[98]:.1f} ms, max {max(latencies):.1f} ms; errors {errors}"
     )
     print(
-        f"streams open at the end {load.streams_open}/{args.streams}, events received {load.events}, jobs submitted "
-        f"{load.submitted}, in progress (health) median {statistics.median(running) if running else 0:.0f}"
+        f"event streams open while measuring: median {statistics.median(open_streams):.0f}, min {min(open_streams)}"
+        f" (of {args.streams}); jobs in progress (health): median {statistics.median(running) if running else 0:.0f}"
+        f", min {min(running, default=0)}; events received {load.events}; jobs submitted {load.submitted}, "
+        f"ended {load.ended}"
     )
     return 0
 
@@ -199,6 +206,7 @@ def main() -> int:
     parser.add_argument("--warmup-s", type=float, default=30.0, help="at most this long to open the streams")
     parser.add_argument("--interval-ms", type=float, default=50.0, help="pause between health requests")
     parser.add_argument("--startup-s", type=float, default=240.0, help="at most this long for the service to start")
+    parser.add_argument("--serve-log", help="keep the started service's log here (default: discarded)")
     args = parser.parse_args()
     proc = None
     with tempfile.TemporaryDirectory(prefix="svdpipe-health-") as data_dir:
@@ -216,6 +224,8 @@ def main() -> int:
                 except subprocess.TimeoutExpired:
                     os.killpg(proc.pid, signal.SIGKILL)
                     proc.wait()
+            if proc is not None and args.serve_log is not None:
+                shutil.copy(Path(data_dir) / "serve.log", args.serve_log)
 
 
 if __name__ == "__main__":

@@ -183,7 +183,9 @@ class VideoService:
         self.jobs = JobManager(self.engine, self.store, self.config, ServiceMetrics(), owner=replica)
         await self.jobs.start()
         # 5. One reader of the store for every event stream of this replica.
-        self.watch = JobWatch(self._read_jobs, self.jobs.changes, self.config.poll_interval_s)
+        self.watch = JobWatch(
+            self._read_jobs, self.jobs.changes, self.config.poll_interval_s, local_progress=self.jobs.local.progress.get
+        )
         self._watch_task = asyncio.get_running_loop().create_task(self.watch.run())
         logger.info("svdpipe replica %s ready: actors %s-*, files in %s", replica, engine_config.name_prefix,
                     self.config.data_dir)  # fmt: skip

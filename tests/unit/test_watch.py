@@ -96,3 +96,31 @@ def test_change_signal_notified_from_a_worker_thread_wakes_the_loop():
         return waiter.is_set(), signal.waiter().is_set()
 
     assert asyncio.run(scenario()) == (True, False)
+
+
+def test_local_progress_reaches_streams_at_every_step_without_store_rounds():
+    async def scenario():
+        store = _Store({"a": _named("a", progress=0)})
+        local, live = ChangeSignal(), {"a": 0}
+        watch = JobWatch(store.read_many, local, poll_s=10.0, min_gap_s=10.0, local_progress=live.get)
+        watched = watch.subscribe(store.jobs["a"])
+        task = asyncio.create_task(watch.run())
+        await asyncio.sleep(0.01)
+        rounds_before = store.calls
+        seen = []
+        for step in range(1, 11):
+            waiter = watched.changes.waiter()
+            live["a"] = 10 * step
+            local.notify()
+            await asyncio.wait_for(waiter.wait(), 5)
+            seen.append(watched.read().progress)
+        # A store round that read an older progress does not take a step back.
+        store.jobs["a"] = _named("a", progress=30)
+        await watch.refresh()
+        task.cancel()
+        return seen, store.calls - rounds_before, watched.read().progress
+
+    seen, store_rounds, after_stale_round = asyncio.run(scenario())
+    assert seen == [10 * s for s in range(1, 11)]
+    assert store_rounds == 1  # only the explicit refresh: steps cost no store call
+    assert after_stale_round == 100
