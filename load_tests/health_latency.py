@@ -98,19 +98,24 @@ class Load:
         self.streams_open = 0
         self.events = 0
         self.submitted = 0
+        self.submitting = 0
         self.ended: dict[str, int] = {}  # final events seen, by name
         self.image = _png()
 
     async def feeder(self) -> None:
+        """One of several submitters: together they keep `running` jobs in the pipeline and a few waiting."""
         fields = {"num_inference_steps": str(self.args.steps), "num_frames": "4", "height": "64", "width": "64"}
         while not self.stop.is_set():
-            if len(self.live) < self.args.running + 4:
+            if len(self.live) + self.submitting < self.args.running + 4:
+                self.submitting += 1
                 try:
                     r = await self.client.post(
                         "/v1/videos", data=fields, files={"image": ("in.png", self.image, "image/png")}, timeout=30
                     )
                 except httpx.HTTPError:
                     r = None
+                finally:
+                    self.submitting -= 1
                 if r is not None and r.status_code == 202:
                     self.live.append(r.json()["id"])
                     self.submitted += 1
@@ -150,12 +155,16 @@ async def _measure(args: argparse.Namespace, url: str, proc: subprocess.Popen | 
     ):
         await _wait_ready(probe, proc, args.startup_s)
         load = Load(client, args)
-        tasks = [asyncio.create_task(load.feeder())]
+        tasks = [asyncio.create_task(load.feeder()) for _ in range(4)]
         tasks += [asyncio.create_task(load.stream(i)) for i in range(args.streams)]
         # Warm-up: the pipeline full and the streams open, before measuring.
         warm_deadline = time.monotonic() + args.warmup_s
-        while time.monotonic() < warm_deadline and load.streams_open < args.streams:
-            await asyncio.sleep(0.5)
+        while time.monotonic() < warm_deadline:
+            with contextlib.suppress(httpx.HTTPError, KeyError, ValueError):
+                busy = (await probe.get("/v1/health", timeout=30)).json()["in_progress"]
+                if busy >= args.running and load.streams_open >= args.streams:
+                    break
+            await asyncio.sleep(1)
         latencies: list[float] = []
         running: list[int] = []
         open_streams: list[int] = []
@@ -200,10 +209,12 @@ def main() -> int:
     parser.add_argument("--url", help="a running service (default: start one on a free loopback port)")
     parser.add_argument("--streams", type=int, default=200, help="event streams held open")
     parser.add_argument("--running", type=int, default=16, help="jobs kept in the pipeline (max_inflight)")
-    parser.add_argument("--steps", type=int, default=25, help="denoising steps per job")
-    parser.add_argument("--step-ms", type=float, default=40.0, help="simulated UNet call")
+    parser.add_argument("--steps", type=int, default=50, help="denoising steps per job")
+    parser.add_argument("--step-ms", type=float, default=100.0, help="simulated UNet call")
     parser.add_argument("--duration-s", type=float, default=30.0, help="how long health is measured")
-    parser.add_argument("--warmup-s", type=float, default=30.0, help="at most this long to open the streams")
+    parser.add_argument(
+        "--warmup-s", type=float, default=90.0, help="at most this long to fill the pipeline and open the streams"
+    )
     parser.add_argument("--interval-ms", type=float, default=50.0, help="pause between health requests")
     parser.add_argument("--startup-s", type=float, default=240.0, help="at most this long for the service to start")
     parser.add_argument("--serve-log", help="keep the started service's log here (default: discarded)")

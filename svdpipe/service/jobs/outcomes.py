@@ -49,6 +49,11 @@ class OutcomeRecorder:
             self.unrecorded[job_id] = outcome
             logger.warning("job %s %s; the store is unreachable, recording it when it is back", job_id, outcome.status)
             return
+        except StorageFullError as exc:
+            # Not even the failure could be written (SQLite's file is on the full disk): the job's lease runs out
+            # and it is re-queued (or, after max_job_attempts, failed) once the store can be written again.
+            logger.error("job %s %s but could not be recorded: %s", job_id, outcome.status, exc)
+            return
         self.local.changes.notify()
 
     def _write(self, job_id: str, outcome: Outcome) -> None:
