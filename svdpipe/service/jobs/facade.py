@@ -26,6 +26,8 @@ from svdpipe.service.store import TERMINAL, JobRecord, JobStore
 
 logger = logging.getLogger(__name__)
 
+STAGES_EVERY_S = 1.0  # how often the stages' states are refreshed for /v1/health
+
 
 class QueueFull(QueueFullError):
     """The queue is full; `retry_after_s` is when a slot is likely free."""
@@ -70,6 +72,9 @@ class JobManager:
         )
         self.housekeeper = Housekeeper(engine, store, config, self.local, self.metrics, self.outage)
         self._background: list[asyncio.Task] = []
+        # The stages' states as the engine last reported them (refreshed every STAGES_EVERY_S): the engine reads
+        # them from Ray's control plane, which is not something every health request should wait for.
+        self._stages: list[dict[str, Any]] | None = None
 
     @property
     def changes(self) -> ChangeSignal:
@@ -85,7 +90,9 @@ class JobManager:
             logger.info("%d job(s) waiting in the queue at start-up", len(recovered))
         loop = asyncio.get_running_loop()
         self.local.loop = loop
+        await self._refresh_stages()
         self._background = [
+            loop.create_task(_forever(self._refresh_stages, STAGES_EVERY_S)),
             loop.create_task(self.dispatcher.run()),
             loop.create_task(_forever(self.lease_keeper.heartbeat_once, self.config.poll_interval_s)),
             loop.create_task(_forever(self.housekeeper.housekeeping_once, HOUSEKEEPING_S)),
@@ -186,10 +193,15 @@ class JobManager:
         self.changes.notify()
         return deleted
 
+    async def _refresh_stages(self) -> None:
+        self._stages = await self.engine.health()
+
     async def health(self) -> dict[str, Any]:
         """Stages, queue and free space; ``degraded`` if a stage is down or the data directory is below its floor.
-        The store and the disk are asked in worker threads: health answers quickly even when they do not."""
-        stages = await self.engine.health()
+
+        The stages are as last refreshed (at most ``STAGES_EVERY_S`` old once started); the store and the disk are
+        asked in worker threads, so health answers quickly even when they do not."""
+        stages = self._stages if self._stages is not None else await self.engine.health()
         free = await asyncio.to_thread(free_bytes, self.config.data_dir)
         counts = await asyncio.to_thread(self.store.counts)
         ok = all(s["state"] == "alive" for s in stages) and not below_floor(free, self.config.min_free_mb)
