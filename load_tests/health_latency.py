@@ -209,8 +209,9 @@ def main() -> int:
     parser.add_argument("--url", help="a running service (default: start one on a free loopback port)")
     parser.add_argument("--streams", type=int, default=200, help="event streams held open")
     parser.add_argument("--running", type=int, default=16, help="jobs kept in the pipeline (max_inflight)")
-    parser.add_argument("--steps", type=int, default=50, help="denoising steps per job")
-    parser.add_argument("--step-ms", type=float, default=100.0, help="simulated UNet call")
+    parser.add_argument("--steps", type=int, default=30, help="denoising steps per job")
+    # About a full-size SVD step on one GPU: every running job moves one step a second, as in production.
+    parser.add_argument("--step-ms", type=float, default=1000.0, help="simulated UNet call")
     parser.add_argument("--duration-s", type=float, default=30.0, help="how long health is measured")
     parser.add_argument(
         "--warmup-s", type=float, default=90.0, help="at most this long to fill the pipeline and open the streams"
