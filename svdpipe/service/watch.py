@@ -2,11 +2,11 @@
 
 Each event stream (GET /v1/videos/{id}/events) subscribes to its job here. One task per replica reads every
 watched job from the store in one round, in a worker thread, once per poll interval (changes made by other
-replicas) and soon after a change made here (coalesced: at most one round per `min_gap_s`, however many
-progress updates arrive), and wakes only the streams whose job changed. The progress of jobs running on this
-replica needs no store round: it is copied into their snapshots at each change, so streams still see every
-step. A stream never touches the store: it reads its job's latest snapshot. So 200 streams cost one store
-round per interval, not 200, and no store call runs on the event loop.
+replicas) and soon after a change of status or queue made here (coalesced: at most one round per
+`min_gap_s`), and wakes only the streams whose job changed. The progress of jobs running on this replica needs
+no store round: it is copied into their snapshots at each step, so streams still see every step. A stream
+never touches the store: it reads its job's latest snapshot. So 200 streams cost one store round per interval,
+not 200, and no store call runs on the event loop.
 """
 
 from __future__ import annotations
@@ -106,8 +106,8 @@ class JobWatch:
             watched.changes.notify()
 
     async def run(self) -> None:
-        """Refresh once per ``poll_s`` and ``min_gap_s`` after a change made on this replica, and copy local
-        progress at every change; until cancelled."""
+        """Refresh once per ``poll_s`` and ``min_gap_s`` after a change (not of progress alone) made on this
+        replica, and copy local progress at every change; until cancelled."""
         overlay = asyncio.create_task(self._overlay_forever())
         try:
             await self._rounds_forever()
@@ -121,7 +121,7 @@ class JobWatch:
 
     async def _rounds_forever(self) -> None:
         while True:
-            changed = self.local_changes.waiter()
+            changed = self.local_changes.waiter(progress=False)
             try:
                 await self.refresh()
             except Exception:

@@ -102,7 +102,7 @@ def test_local_progress_reaches_streams_at_every_step_without_store_rounds():
     async def scenario():
         store = _Store({"a": _named("a", progress=0)})
         local, live = ChangeSignal(), {"a": 0}
-        watch = JobWatch(store.read_many, local, poll_s=10.0, min_gap_s=10.0, local_progress=live.get)
+        watch = JobWatch(store.read_many, local, poll_s=10.0, min_gap_s=0.0, local_progress=live.get)
         watched = watch.subscribe(store.jobs["a"])
         task = asyncio.create_task(watch.run())
         await asyncio.sleep(0.01)
@@ -111,7 +111,7 @@ def test_local_progress_reaches_streams_at_every_step_without_store_rounds():
         for step in range(1, 11):
             waiter = watched.changes.waiter()
             live["a"] = 10 * step
-            local.notify()
+            local.notify(progress_only=True)
             await asyncio.wait_for(waiter.wait(), 5)
             seen.append(watched.read().progress)
         # A store round that read an older progress does not take a step back.
@@ -124,3 +124,15 @@ def test_local_progress_reaches_streams_at_every_step_without_store_rounds():
     assert seen == [10 * s for s in range(1, 11)]
     assert store_rounds == 1  # only the explicit refresh: steps cost no store call
     assert after_stale_round == 100
+
+
+def test_a_progress_only_change_does_not_wake_waiters_for_other_changes():
+    async def scenario():
+        signal = ChangeSignal()
+        anything, moved = signal.waiter(), signal.waiter(progress=False)
+        signal.notify(progress_only=True)
+        first = (anything.is_set(), moved.is_set())
+        signal.notify()
+        return first, moved.is_set()
+
+    assert asyncio.run(scenario()) == ((True, False), True)

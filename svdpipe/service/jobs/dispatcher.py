@@ -110,7 +110,7 @@ class Dispatcher:
 
         def on_progress(done: int, total: int) -> None:
             self.local.progress[job_id] = min(99, int(100 * done / total))  # 100 only once the video is stored
-            self.local.changes.notify()
+            self.local.changes.notify(progress_only=True)
 
         ended = {"started_at": record.started_at or time.time(), "created_at": record.created_at}
         try:
