@@ -37,6 +37,10 @@ class StoreUnavailableError(SvdpipeError):
     """The job store (its database server) cannot be reached right now; try again later."""
 
 
+class StorageFullError(SvdpipeError):
+    """The data directory has no room for a file (ENOSPC), or less free space than the service's floor."""
+
+
 def describe_validation_error(exc: Exception) -> str:
     """One readable line per problem in a pydantic ValidationError (other exceptions: their message)."""
     errors = getattr(exc, "errors", None)

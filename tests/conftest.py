@@ -95,7 +95,7 @@ def open_store(request, tmp_path):
         def factory():
             return SQLiteJobStore(tmp_path)
     else:
-        from svdpipe.service.postgres_store import PostgresJobStore
+        from svdpipe.service.store.postgres import PostgresJobStore
 
         dsn = request.getfixturevalue("pg_dsn")
 

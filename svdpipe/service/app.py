@@ -9,11 +9,13 @@ that `serve run deploy/serve_config.yaml` and `svdpipe serve` both use.
 (No `from __future__ import annotations` here: FastAPI must see real types on the ingress methods.)
 """
 
+import asyncio
 import base64
 import binascii
 import hmac
 import json
 import logging
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +30,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from svdpipe import __version__
 from svdpipe.config import VideoParams
-from svdpipe.errors import InvalidRequestError, StoreUnavailableError, describe_validation_error
+from svdpipe.errors import InvalidRequestError, StorageFullError, StoreUnavailableError, describe_validation_error
 from svdpipe.images import load_image
 from svdpipe.service.config import ServiceConfig
 from svdpipe.service.events import EVENTS_DOC, already_final, job_events
@@ -43,6 +45,7 @@ from svdpipe.service.schemas import (
     VideoJobList,
 )
 from svdpipe.service.store import JobRecord
+from svdpipe.service.watch import JobWatch
 from svdpipe.video import CONTENT_TYPES
 
 logger = logging.getLogger(__name__)
@@ -50,6 +53,7 @@ logger = logging.getLogger(__name__)
 _PARAM_FIELDS = set(VideoParams.model_fields)
 WEB_DIR = Path(__file__).parent / "web"  # the page at / (plain HTML/CSS/JS, package data)
 _FORM_FIELDS = _PARAM_FIELDS | {"output_format"}
+_STORAGE_RETRY_AFTER_S = 30  # Retry-After of a 507: space is freed by retention or an operator, not in seconds
 
 
 class ApiError(Exception):
@@ -96,6 +100,13 @@ async def _store_unavailable(request: Request, exc: StoreUnavailableError) -> JS
     return _error(503, f"{exc}; retry later", "service_unavailable_error", {"Retry-After": str(retry_after)})
 
 
+@api.exception_handler(StorageFullError)
+async def _storage_full(_request: Request, exc: StorageFullError) -> JSONResponse:
+    # The data directory is (nearly) full: nothing the client sent was wrong; a job accepted now could not be done.
+    headers = {"Retry-After": str(_STORAGE_RETRY_AFTER_S)}
+    return _error(507, str(exc), "insufficient_storage_error", headers)
+
+
 @api.exception_handler(Exception)
 async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
     logger.exception("unexpected error")
@@ -122,6 +133,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         415: "Unsupported content type",
         429: "Queue full; see Retry-After",
         503: "Job store unreachable for a moment; see Retry-After",
+        507: "The data directory is below its free-space floor (min_free_mb) or full; see Retry-After",
     }.items()
 }
 
@@ -160,7 +172,7 @@ class VideoService:
         )
         # 2. The job store first: if it is unreachable the replica fails to start (Serve retries it) before it
         # reserves any accelerator.
-        self.store = open_job_store(self.config.store_address(), self.config.data_dir)
+        self.store = await asyncio.to_thread(open_job_store, self.config.store_address(), self.config.data_dir)
         api.state.store_retry_after_s = self.config.store_retry_after_s
         # 3. The pipeline, in this replica's own placement group: bundle 0 is the replica's, the stage actors
         # take the bundles after it.
@@ -170,13 +182,19 @@ class VideoService:
         # 4. Start claiming jobs from the shared queue.
         self.jobs = JobManager(self.engine, self.store, self.config, ServiceMetrics(), owner=replica)
         await self.jobs.start()
+        # 5. One reader of the store for every event stream of this replica.
+        self.watch = JobWatch(
+            self._read_jobs, self.jobs.changes, self.config.poll_interval_s, local_progress=self.jobs.local.progress.get
+        )
+        self._watch_task = asyncio.get_running_loop().create_task(self.watch.run())
         logger.info("svdpipe replica %s ready: actors %s-*, files in %s", replica, engine_config.name_prefix,
                     self.config.data_dir)  # fmt: skip
 
     async def __del__(self) -> None:
+        self._watch_task.cancel()
         await self.jobs.stop()  # puts this replica's running jobs back in the queue for the others
         await self.engine.shutdown()
-        self.store.close()
+        await asyncio.to_thread(self.store.close)
 
     # ---------------------------------------------------------------- helpers
 
@@ -190,15 +208,32 @@ class VideoService:
                 401, "missing or invalid API key (send 'Authorization: Bearer <key>')", "authentication_error"
             )
 
-    def _job(self, record: JobRecord) -> VideoJob:
+    # The store and the disk are only ever called in worker threads (asyncio.to_thread): the event loop, which
+    # serves every request and event stream of this replica, never waits on them.
+
+    def _job_now(self, record: JobRecord) -> VideoJob:
+        """The API view of a job (blocking: asks the store for its queue position)."""
         position = self.jobs.queue_position(record.id) if record.status == "queued" else None
         return VideoJob.from_record(record, position)
 
-    def _get(self, job_id: str) -> JobRecord:
-        record = self.jobs.get(job_id)
+    async def _job(self, record: JobRecord) -> VideoJob:
+        return await asyncio.to_thread(self._job_now, record)
+
+    async def _get(self, job_id: str) -> JobRecord:
+        record = await asyncio.to_thread(self.jobs.get, job_id)
         if record is None:
             raise ApiError(404, f"no video job with id {job_id!r}", "not_found_error")
         return record
+
+    def _read_jobs(self, job_ids: list[str]) -> dict[str, VideoJob | None]:
+        """The watched jobs, for the event streams (blocking: the job watch calls it in a worker thread)."""
+        records = {job_id: self.jobs.get(job_id) for job_id in job_ids}
+        queued = [job_id for job_id, r in records.items() if r is not None and r.status == "queued"]
+        positions = self.jobs.queue_positions(queued) if queued else {}
+        return {
+            job_id: None if r is None else VideoJob.from_record(r, positions.get(job_id))
+            for job_id, r in records.items()
+        }
 
     async def _parse_create(self, request: Request) -> tuple[bytes, VideoParams, str]:
         length = request.headers.get("content-length")
@@ -263,12 +298,12 @@ class VideoService:
         image, params, fmt = await self._parse_create(request)
         try:
             load_image(image, self.config.max_image_pixels)  # reject bad images now, not in the pipeline
-            record = self.jobs.submit(image, params, fmt)  # type: ignore[arg-type]
+            record = await asyncio.to_thread(self.jobs.submit, image, params, fmt)  # type: ignore[arg-type]
         except QueueFull as exc:
             raise ApiError(429, str(exc), "rate_limit_error", {"Retry-After": str(exc.retry_after_s)}) from exc
         except InvalidRequestError as exc:
             raise ApiError(400, str(exc)) from exc
-        return self._job(record)
+        return await self._job(record)
 
     @api.get("/v1/videos", response_model=VideoJobList, responses=_ERRORS, summary="List jobs, newest first")
     async def list_videos(
@@ -280,10 +315,11 @@ class VideoService:
     ) -> VideoJobList:
         self._auth(request)
         try:  # the store checks status and cursor
-            records = self.store.list(limit=limit + 1, after=after, status=status)
+            records = await asyncio.to_thread(self.store.list, limit=limit + 1, after=after, status=status)
         except ValueError as exc:
             raise ApiError(400, str(exc)) from exc
-        positions = self.jobs.queue_positions([r.id for r in records[:limit] if r.status == "queued"])
+        queued = [r.id for r in records[:limit] if r.status == "queued"]
+        positions = await asyncio.to_thread(self.jobs.queue_positions, queued)
         page = [VideoJob.from_record(self.jobs.live(r), positions.get(r.id)) for r in records[:limit]]
         return VideoJobList(
             data=page,
@@ -295,26 +331,34 @@ class VideoService:
     @api.get("/v1/videos/{video_id}", response_model=VideoJob, responses=_ERRORS, summary="Get a job")
     async def get_video(self, request: Request, video_id: str) -> VideoJob:
         self._auth(request)
-        return self._job(self._get(video_id))
+        return await self._job(await self._get(video_id))
 
     @api.get(
         "/v1/videos/{video_id}/content",
-        responses={**_ERRORS, 200: {"content": {t: {} for t in CONTENT_TYPES.values()}}},
+        responses={
+            **_ERRORS,
+            200: {"content": {t: {} for t in CONTENT_TYPES.values()}},
+            206: {"description": "The byte range asked for with a Range header (browsers seek with it)"},
+            416: {"description": "The Range lies outside the video"},
+        },
         response_class=Response,
-        summary="Download the finished video",
+        summary="Download the finished video (Range requests supported)",
     )
     async def get_content(self, request: Request, video_id: str) -> Response:
         self._auth(request)
-        record = self._get(video_id)
+        record = await self._get(video_id)
         if record.status != "completed":
             raise ApiError(409, f"video {video_id} is {record.status}, not completed", "conflict_error")
-        data = self.store.content(video_id)
-        if data is None:
+        path = await asyncio.to_thread(self.store.content_path, video_id)
+        if path is None:
             raise ApiError(404, f"the video of {video_id} is no longer stored", "not_found_error")
-        return Response(
-            data,
+        # Served from the file in chunks (Starlette reads it in worker threads), with Range/206 and ETag; the file
+        # was renamed into place whole, so no reader ever sees part of a video.
+        return FileResponse(
+            path,
             media_type=CONTENT_TYPES[record.output_format],
-            headers={"Content-Disposition": f'attachment; filename="{video_id}.{record.output_format}"'},
+            filename=f"{video_id}.{record.output_format}",
+            content_disposition_type="attachment",
         )
 
     @api.get(
@@ -335,15 +379,20 @@ class VideoService:
         last_event_id: str | None = Header(None, description="Resume after this event (sent by EventSource)."),
     ) -> Response:
         self._auth(request)
-        if already_final(self._job(self._get(video_id)), last_event_id):
+        job = await self._job(await self._get(video_id))
+        if already_final(job, last_event_id):
             return Response(status_code=204)  # tells an EventSource not to reconnect
+        watched = self.watch.subscribe(job)  # the stream reads the watch's snapshots, never the store
 
-        def read() -> VideoJob | None:
-            record = self.jobs.get(video_id)
-            return None if record is None else self._job(record)
+        async def stream() -> AsyncIterator[str]:
+            try:
+                async for chunk in job_events(watched.read, watched.changes, last_event_id):
+                    yield chunk
+            finally:
+                self.watch.unsubscribe(video_id)
 
         return StreamingResponse(
-            job_events(read, self.jobs.changes, last_event_id),
+            stream(),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},  # no proxy buffering
         )
@@ -351,15 +400,15 @@ class VideoService:
     @api.post("/v1/videos/{video_id}/cancel", response_model=VideoJob, responses=_ERRORS, summary="Cancel a job")
     async def cancel_video(self, request: Request, video_id: str) -> VideoJob:
         self._auth(request)
-        self._get(video_id)
-        record = self.jobs.cancel(video_id)
-        return self._job(record or self._get(video_id))
+        await self._get(video_id)
+        record = await asyncio.to_thread(self.jobs.cancel, video_id)
+        return await self._job(record or await self._get(video_id))
 
     @api.delete("/v1/videos/{video_id}", response_model=DeletedVideo, responses=_ERRORS, summary="Delete a job")
     async def delete_video(self, request: Request, video_id: str) -> DeletedVideo:
         self._auth(request)
-        self._get(video_id)
-        return DeletedVideo(id=video_id, deleted=self.jobs.delete(video_id))
+        await self._get(video_id)
+        return DeletedVideo(id=video_id, deleted=await asyncio.to_thread(self.jobs.delete, video_id))
 
     @api.get("/v1/health", response_model=Health, summary="Each stage's state")
     async def health(self) -> Health:

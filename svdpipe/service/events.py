@@ -13,6 +13,7 @@ and at least every `poll_s` too (a change made by another process, e.g. another 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Callable
@@ -39,17 +40,44 @@ An event's `id` names the state it shows; reconnecting with `Last-Event-ID` send
 
 
 class ChangeSignal:
-    """Wakes every waiter when any job changes. Take `waiter()` *before* reading state, so no change is missed."""
+    """Wakes every waiter when any job changes. Take `waiter()` *before* reading state, so no change is missed.
+
+    `notify()` may be called from any thread (the API runs store calls in worker threads): off the event loop's
+    thread it hands the wake-up to the loop. A change of progress alone (`notify(progress_only=True)`) does not
+    wake `waiter(progress=False)`: what needs the store only for other changes waits on that."""
 
     def __init__(self) -> None:
-        self._event = asyncio.Event()
+        self._event = asyncio.Event()  # any change
+        self._moved = asyncio.Event()  # a change other than progress
+        self._loop: asyncio.AbstractEventLoop | None = None
 
-    def notify(self) -> None:
+    def notify(self, progress_only: bool = False) -> None:
+        loop = self._loop
+        if loop is not None and not _on_loop(loop):
+            loop.call_soon_threadsafe(self._notify, progress_only)
+        else:
+            self._notify(progress_only)
+
+    def _notify(self, progress_only: bool) -> None:
         self._event.set()
         self._event = asyncio.Event()
+        if not progress_only:
+            self._moved.set()
+            self._moved = asyncio.Event()
 
-    def waiter(self) -> asyncio.Event:
-        return self._event
+    def waiter(self, progress: bool = True) -> asyncio.Event:
+        if self._loop is None:
+            with contextlib.suppress(RuntimeError):
+                self._loop = asyncio.get_running_loop()
+        return self._event if progress else self._moved
+
+
+def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether this thread is running ``loop``."""
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False
 
 
 class JobState(NamedTuple):

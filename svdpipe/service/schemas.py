@@ -95,6 +95,8 @@ class StageHealth(BaseModel):
 
 class Health(BaseModel):
     status: Literal["ok", "degraded", "starting"]
+    data_dir_free_mb: float  # free space where videos are written; below min_free_mb the status is degraded
+    min_free_mb: float  # new jobs are refused (507) while data_dir_free_mb is below this
     queued: int
     in_progress: int
     max_inflight: int

@@ -44,7 +44,7 @@ def replicas(ray_session, cluster, tmp_path_factory):
 
 
 def _records(config: ServiceConfig, ids: list[str]):
-    from svdpipe.service.postgres_store import PostgresJobStore
+    from svdpipe.service.store.postgres import PostgresJobStore
 
     with PostgresJobStore(config.job_store, config.data_dir) as store:  # type: ignore[arg-type]
         return [store.get(i) for i in ids]

@@ -85,6 +85,25 @@ def test_create_poll_download_mp4(service):
     assert len(frames) == 3 and frames[0].shape == (48, 64, 3)
 
 
+def test_video_download_supports_range_requests(service):
+    """Browsers seek in a video with Range requests: 206 with exactly those bytes, 416 past the end."""
+    job = _create(service.client, {**SMALL, "seed": "7"}).json()
+    _wait(service.client, job["id"])
+    url = f"/v1/videos/{job['id']}/content"
+    whole = service.client.get(url)
+    assert whole.status_code == 200 and whole.headers["accept-ranges"] == "bytes"
+    assert whole.headers["content-disposition"] == f'attachment; filename="{job["id"]}.mp4"'
+    size = len(whole.content)
+    part = service.client.get(url, headers={"Range": "bytes=10-99"})
+    assert part.status_code == 206 and part.content == whole.content[10:100]
+    assert part.headers["content-range"] == f"bytes 10-99/{size}"
+    last = service.client.get(url, headers={"Range": "bytes=-5"})
+    assert last.status_code == 206 and last.content == whole.content[-5:]
+    assert service.client.get(url, headers={"Range": f"bytes={size}-"}).status_code == 416
+    health = service.client.get("/v1/health").json()
+    assert health["data_dir_free_mb"] > 0 and health["min_free_mb"] == service.config.min_free_mb
+
+
 def test_json_data_url_and_gif(service):
     url = "data:image/png;base64," + base64.b64encode(_png()).decode()
     body = {"image": url, "num_inference_steps": 2, "num_frames": 2, "output_format": "gif"}

@@ -1,6 +1,6 @@
 """The PostgreSQL job store: one queue and one set of records shared by every replica, through psycopg 3.
 
-All of the job logic is :class:`~svdpipe.service.store.SQLJobStore`'s; this module adds the connection, the
+All of the job logic is :class:`~svdpipe.service.store.sql.SQLJobStore`'s; this module adds the connection, the
 schema and its migrations, and row locking: a claim takes the oldest queued row ``FOR UPDATE SKIP LOCKED``, so
 replicas claiming at the same moment each get a different job without waiting for each other.
 
@@ -24,7 +24,8 @@ import psycopg
 import psycopg.errors
 
 from svdpipe.errors import StoreUnavailableError
-from svdpipe.service.store import SQLJobStore, redact
+from svdpipe.service.store.addresses import redact
+from svdpipe.service.store.sql import SQLJobStore
 
 logger = logging.getLogger(__name__)
 
@@ -139,6 +140,10 @@ class PostgresJobStore(SQLJobStore):
 
     def _is_duplicate(self, exc: BaseException) -> bool:
         return isinstance(exc, psycopg.errors.UniqueViolation)
+
+    def _now(self, conn: _Connection) -> float:
+        """The server's clock (``now()``: the start of the transaction), the one every replica shares."""
+        return float(conn.execute("SELECT EXTRACT(EPOCH FROM now())").fetchone()[0])
 
     def close(self) -> None:
         """Close the connection; the store cannot be used afterwards. Calling it twice is harmless."""

@@ -1,0 +1,32 @@
+"""Free space in the data directory, and the decision whether it is enough to accept new jobs."""
+
+from __future__ import annotations
+
+import errno
+import shutil
+from pathlib import Path
+
+MB = 2**20
+# Errors that mean "no room": the disk is full, or the user's quota is.
+FULL_ERRNOS: frozenset[int] = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def free_bytes(path: str | Path) -> int:
+    """Bytes free for an unprivileged writer on the filesystem that holds ``path``."""
+    return shutil.disk_usage(path).free
+
+
+def below_floor(free: int, min_free_mb: float) -> bool:
+    """Whether ``free`` bytes is less than the floor of ``min_free_mb`` MiB (a floor of 0 is never crossed)."""
+    return min_free_mb > 0 and free < min_free_mb * MB
+
+
+def is_full(exc: BaseException) -> bool:
+    """Whether ``exc`` is the operating system saying the filesystem (or a quota) is full."""
+    return isinstance(exc, OSError) and exc.errno in FULL_ERRNOS
+
+
+def full_message(path: str | Path, free: int | None = None) -> str:
+    """What a user reads when the data directory has no room."""
+    room = "" if free is None else f" ({free / MB:.1f} MB free)"
+    return f"the data directory {path} is full{room}; free some space or retry later"

@@ -1,0 +1,163 @@
+"""The dispatcher: claims the oldest queued job whenever the pipeline has a free slot, and runs it on the engine."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, Protocol
+
+from svdpipe.config import OutputFormat, ResolvedParams, VideoParams
+from svdpipe.errors import (
+    InvalidRequestError,
+    RequestCancelledError,
+    RequestFailedError,
+    StoreUnavailableError,
+    SvdpipeError,
+)
+from svdpipe.service.config import ServiceConfig
+from svdpipe.service.jobs.local import LocalJobs
+from svdpipe.service.jobs.outage import StoreOutage
+from svdpipe.service.jobs.outcomes import Outcome, OutcomeRecorder
+from svdpipe.service.metrics import ServiceMetrics
+from svdpipe.service.store import JobRecord, JobStore
+
+logger = logging.getLogger(__name__)
+
+
+class EngineLike(Protocol):
+    """What the job manager needs of the engine."""
+
+    config: Any
+    spec: Any
+    stats: Any
+
+    async def generate(
+        self,
+        image_png: bytes,
+        params: VideoParams | ResolvedParams,
+        output_format: OutputFormat = "mp4",
+        request_id: str | None = None,
+        on_progress: Any = None,
+        timeout_s: float | None = None,
+    ) -> Any: ...
+
+    def cancel(self, request_id: str) -> bool: ...
+
+    async def health(self) -> list[dict[str, Any]]: ...
+
+
+class Dispatcher:
+    """The claim loop and the jobs it starts: queued -> in_progress -> completed | failed | cancelled."""
+
+    def __init__(
+        self,
+        engine: EngineLike,
+        store: JobStore,
+        config: ServiceConfig,
+        owner: str,
+        local: LocalJobs,
+        recorder: OutcomeRecorder,
+        metrics: ServiceMetrics,
+        outage: StoreOutage,
+    ) -> None:
+        self.engine, self.store, self.config, self.owner, self.local = engine, store, config, owner, local
+        self.recorder, self.metrics, self.outage = recorder, metrics, outage
+
+    async def run(self) -> None:
+        """Claim the oldest queued job whenever the pipeline has a free slot."""
+        local = self.local
+        while True:
+            record = None
+            local.wakeup.clear()  # before the claim: a submit during it must still wake the next wait
+            if len(local.tasks) < self.engine.config.max_inflight:
+                try:
+                    record = await asyncio.to_thread(self.store.claim, self.owner, self.config.lease_s)
+                    self.outage.ok()
+                except StoreUnavailableError as exc:
+                    self.outage.failed(exc)
+                except Exception:
+                    logger.exception("claiming a job failed")
+            if record is None:
+                # Sleep until woken or the next poll (other replicas' jobs). asyncio.wait, not wait_for: in
+                # Python 3.11 wait_for can swallow a cancel that arrives as the event fires, and stop() hangs.
+                waiter = asyncio.ensure_future(local.wakeup.wait())
+                try:
+                    await asyncio.wait({waiter}, timeout=self.config.poll_interval_s)
+                finally:
+                    waiter.cancel()
+                continue
+            self.metrics.job_status("in_progress")
+            local.progress[record.id] = 0
+            local.changes.notify()  # it started, and every job behind it moved up
+            task = asyncio.get_running_loop().create_task(self._run(record))
+            local.tasks[record.id] = task
+            task.add_done_callback(lambda _t, job_id=record.id: self._done(job_id))
+
+    def _done(self, job_id: str) -> None:
+        self.local.tasks.pop(job_id, None)
+        self.local.progress.pop(job_id, None)
+        self.local.wakeup.set()
+
+    def stop_local(self, job_id: str) -> None:
+        """Stop a job running here (cancelled or deleted, here or through another replica)."""
+        task = self.local.tasks.get(job_id)
+        if task is not None and not self.engine.cancel(job_id):
+            task.cancel()  # not inside the engine yet
+
+    async def _run(self, record: JobRecord) -> None:
+        job_id = record.id
+
+        def on_progress(done: int, total: int) -> None:
+            self.local.progress[job_id] = min(99, int(100 * done / total))  # 100 only once the video is stored
+            self.local.changes.notify(progress_only=True)
+
+        ended = {"started_at": record.started_at or time.time(), "created_at": record.created_at}
+        try:
+            image = await asyncio.to_thread(self.store.image, job_id)
+            result = await self.engine.generate(
+                image,
+                ResolvedParams(**record.parameters),
+                record.output_format,  # type: ignore[arg-type]
+                request_id=job_id,
+                on_progress=on_progress,
+            )
+        except (RequestCancelledError, asyncio.CancelledError):
+            if self.local.stopping:
+                raise  # shutting down: stop() re-queues the job for another replica
+            await self.recorder.record(job_id, Outcome("cancelled", **ended))
+            return
+        except KeyError:
+            return  # deleted before it started
+        except StoreUnavailableError as exc:
+            # Could not read the input: give the job back rather than fail it for our outage.
+            logger.warning(
+                "job %s: job store unreachable before start (%s); it is re-queued when its lease ends", job_id, exc
+            )
+            return
+        except (InvalidRequestError, RequestFailedError, SvdpipeError) as exc:
+            await self.recorder.record(job_id, Outcome("failed", str(exc), **ended))
+            return
+        except Exception as exc:
+            logger.exception("job %s failed unexpectedly", job_id)
+            await self.recorder.record(
+                job_id, Outcome("failed", f"internal error: {type(exc).__name__}: {exc}", **ended)
+            )
+            return
+        # How the job ran (nothing of it changes the frames beyond fp32 rounding): kept with its parameters.
+        ran: dict[str, Any] = {"latency_mode": self.engine.config.latency_mode, "cfg_split": result.split}
+        if result.parareal is not None:  # issue 13: iterations, UNet evaluations in total, final change
+            ran["parareal_iterations"] = result.parareal.iterations
+            ran["parareal_unet_evals"] = result.parareal.unet_evals
+            ran["parareal_final_change"] = result.parareal.final_change
+        self.metrics.latency_mode(result.split, sum(t.helper_s for t in result.video.trace))
+        await self.recorder.record(
+            job_id,
+            Outcome(
+                "completed",
+                video=result.video.data,
+                timings=result.timings,
+                parameters={**record.parameters, **ran},
+                **ended,
+            ),
+        )
