@@ -19,8 +19,6 @@ import ast
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 PACKAGE_DIR = Path(__file__).resolve().parents[2] / "svdpipe"
 
 Graph = dict[str, set[str]]
@@ -206,11 +204,6 @@ def test_the_cli_and_the_bench_do_not_import_each_other():
     assert not through_cli, describe(through_cli)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="cycles owned elsewhere: svdpipe.service.store <-> svdpipe.service.postgres_store; and "
-    "svdpipe.engine.core <-> svdpipe.engine.parareal where parareal imports core outside TYPE_CHECKING",
-)
 def test_svdpipe_has_no_import_cycles():
     found = cycles(import_graph(PACKAGE_DIR))
     assert not found, describe(found)
