@@ -40,6 +40,7 @@ from svdpipe.errors import (
     RequestFailedError,
     RequestTimeoutError,
     SvdpipeError,
+    cause_message,
 )
 from svdpipe.latency import SplitPlan, plan_cfg_split, split_work
 from svdpipe.models import model_spec
@@ -422,7 +423,7 @@ class Engine:
                 if user_error is not None:
                     self.failed += 1
                     raise user_error from None
-                logger.warning("request %s attempt %d failed: %s", inf.request_id, attempt, _short(exc))
+                logger.warning("request %s attempt %d failed: %s", inf.request_id, attempt, exc)
                 recovery = self._recovery_for(generation)  # rebuild even if this request gives up
                 if attempt > self.config.max_retries:
                     self.failed += 1
@@ -630,5 +631,4 @@ def _user_error(exc: BaseException) -> SvdpipeError | None:
 
 
 def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
+    return cause_message(exc)  # the root cause's one line; the full text (actor, pid) is logged with the request

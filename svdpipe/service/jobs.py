@@ -31,6 +31,8 @@ from svdpipe.errors import (
     RequestFailedError,
     StoreUnavailableError,
     SvdpipeError,
+    cause_message,
+    clean_message,
 )
 from svdpipe.service.config import ServiceConfig
 from svdpipe.service.events import ChangeSignal
@@ -296,11 +298,12 @@ class JobManager:
             )
             return
         except (InvalidRequestError, RequestFailedError, SvdpipeError) as exc:
-            self._record(job_id, _Outcome("failed", str(exc), **ended))
+            logger.info("job %s failed: %s", job_id, exc)
+            self._record(job_id, _Outcome("failed", clean_message(str(exc)) or type(exc).__name__, **ended))
             return
         except Exception as exc:
             logger.exception("job %s failed unexpectedly", job_id)
-            self._record(job_id, _Outcome("failed", f"internal error: {type(exc).__name__}: {exc}", **ended))
+            self._record(job_id, _Outcome("failed", f"internal error: {cause_message(exc)}", **ended))
             return
         # How the job ran (nothing of it changes the frames beyond fp32 rounding): kept with its parameters.
         ran: dict[str, Any] = {"latency_mode": self.engine.config.latency_mode, "cfg_split": result.split}
