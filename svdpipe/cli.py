@@ -144,7 +144,7 @@ def _generate(args: argparse.Namespace) -> int:
     params = model_from_args(VideoParams, args)
     format_from_path(args.out)
     image = load_image(args.image)
-    resolved = resolve_params(params, model_spec(config.model))
+    resolved = resolve_params(params, model_spec(config.model), config.max_video_pixels)
     params = params.model_copy(update={"seed": resolved.seed})
     # 2. Run.
     bar = tqdm(total=params.num_inference_steps, desc="denoising", unit="step")

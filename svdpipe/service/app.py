@@ -262,7 +262,8 @@ class VideoService:
         self._auth(request)
         image, params, fmt = await self._parse_create(request)
         try:
-            load_image(image, self.config.max_image_pixels)  # reject bad images now, not in the pipeline
+            # reject bad images now, not in the pipeline
+            load_image(image, self.config.max_image_pixels, self.config.max_image_side)
             record = self.jobs.submit(image, params, fmt)  # type: ignore[arg-type]
         except QueueFull as exc:
             raise ApiError(429, str(exc), "rate_limit_error", {"Retry-After": str(exc.retry_after_s)}) from exc

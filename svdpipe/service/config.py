@@ -71,6 +71,9 @@ class ServiceConfig(BaseModel):
     max_queue: int = Field(64, ge=0, le=100_000, description="Jobs waiting beyond those in flight; past it 429.")
     max_upload_bytes: int = Field(20 * 2**20, ge=1024, description="Largest accepted request body.")
     max_image_pixels: int = Field(36_000_000, ge=64, description="Largest accepted image (decompression bombs).")
+    max_image_side: int = Field(
+        16_384, ge=2, description="Longest accepted image side (CLIP preprocessing time grows with its square)."
+    )
     retention_s: float = Field(7 * 24 * 3600.0, gt=0, description="Finished jobs and videos are deleted after this.")
     max_job_attempts: int = Field(
         3, ge=1, le=10, description="Starts of a job (its replica died or restarted while it ran) before it fails."

@@ -152,7 +152,7 @@ class JobManager:
 
     def submit(self, image_png: bytes, params: VideoParams, output_format: OutputFormat) -> JobRecord:
         """Validate and queue a job. Raises InvalidRequestError, QueueFull or StoreUnavailableError."""
-        resolved = resolve_params(params, self.engine.spec)
+        resolved = resolve_params(params, self.engine.spec, self.engine.config.max_video_pixels)
         # The whole shared queue counts. Two replicas may both admit the last slot at the same moment: the
         # bound is exact to within one job per replica, which is what back-pressure needs.
         waiting = self.store.counts()["queued"]
