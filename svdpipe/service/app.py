@@ -50,6 +50,7 @@ logger = logging.getLogger(__name__)
 _PARAM_FIELDS = set(VideoParams.model_fields)
 WEB_DIR = Path(__file__).parent / "web"  # the page at / (plain HTML/CSS/JS, package data)
 _FORM_FIELDS = _PARAM_FIELDS | {"output_format"}
+SHUTDOWN_MARGIN_S = 30.0  # beyond the jobs' grace period: HTTP calls to end, leases released, actors removed
 
 
 class ApiError(Exception):
@@ -174,7 +175,9 @@ class VideoService:
                     self.config.data_dir)  # fmt: skip
 
     async def __del__(self) -> None:
-        await self.jobs.stop()  # puts this replica's running jobs back in the queue for the others
+        # Serve calls this on a graceful stop, once in-flight HTTP calls are done: running jobs get the grace
+        # period, the rest go back in the queue for the other replicas (or the next one to start).
+        await self.jobs.drain(self.config.shutdown_grace_s)
         await self.engine.shutdown()
         self.store.close()
 
@@ -378,6 +381,9 @@ def app_builder(args: ServiceConfig) -> Application:
         scaling = {"autoscaling_config": args.autoscaling.model_dump()}
     return VideoService.options(
         **scaling,
+        # Serve kills a stopping replica after this: the jobs' grace period, plus time to re-queue the rest and
+        # remove the stage actors.
+        graceful_shutdown_timeout_s=args.shutdown_grace_s + SHUTDOWN_MARGIN_S,
         placement_group_bundles=args.bundles(),
         placement_group_strategy=args.engine.placement_strategy,
         ray_actor_options={"num_cpus": args.replica_cpus},

@@ -110,6 +110,7 @@ class JobManager:
         self._completions: deque[float] = deque(maxlen=64)
         self._background: list[asyncio.Task] = []
         self._stopping = False
+        self._draining = False  # no new claims: the replica is stopping
         # Notified on every status, queue or progress change made here (event streams wait on it; they also poll
         # the store, for changes made by other replicas).
         self.changes = ChangeSignal()
@@ -129,6 +130,16 @@ class JobManager:
             loop.create_task(self._forever(self._heartbeat_once, self.config.poll_interval_s)),
             loop.create_task(self._forever(self._housekeeping_once, _HOUSEKEEPING_S)),
         ]
+
+    async def drain(self, grace_s: float) -> None:
+        """A graceful stop: claim nothing more, let the running jobs finish for up to `grace_s`, then `stop()`,
+        which hands the rest back to the queue with their leases released."""
+        self._draining = True
+        running = list(self._tasks.values())
+        if running and grace_s > 0:
+            logger.info("stopping: waiting up to %.0f s for %d running job(s)", grace_s, len(running))
+            await asyncio.wait(running, timeout=grace_s)
+        await self.stop()
 
     async def stop(self) -> None:
         """Stop taking work and put this replica's running jobs back in the queue for another replica (if the
@@ -232,7 +243,7 @@ class JobManager:
         while True:
             record = None
             self._wakeup.clear()  # before the claim: a submit during it must still wake the next wait
-            if len(self._tasks) < self.engine.config.max_inflight:
+            if not self._draining and len(self._tasks) < self.engine.config.max_inflight:
                 try:
                     record = self.store.claim(self.owner, self.config.lease_s)
                     self._store_ok()
