@@ -70,9 +70,7 @@ def check_request(params: ResolvedParams, spec: ModelSpec, max_video_pixels: int
             f"{h}x{w}. Nearest valid: {max(m, round(h / m) * m)}x{max(m, round(w / m) * m)}"
         )
     if spec.fewest_norm_values(h, w, frames) < 2:
-        side = m
-        while spec.fewest_norm_values(side, side, frames) < 2:
-            side += m
+        side = smallest_square(spec, frames)
         raise InvalidRequestError(
             f"height and width: {h}x{w} is too small for this model at {frames} frame(s) (a GroupNorm layer of "
             f"its VAE or UNet would normalise a single value); it runs from {side}x{side} (or a larger area, or "
@@ -83,3 +81,25 @@ def check_request(params: ResolvedParams, spec: ModelSpec, max_video_pixels: int
             f"num_frames x height x width: {frames}x{h}x{w} = {frames * h * w} pixels exceeds this deployment's "
             f"limit of {max_video_pixels} (max_video_pixels)"
         )
+
+
+def smallest_square(spec: ModelSpec, num_frames: int) -> int:
+    """The smallest height = width this model runs at `num_frames` frames."""
+    side = spec.size_multiple
+    while spec.fewest_norm_values(side, side, num_frames) < 2:
+        side += spec.size_multiple
+    return side
+
+
+def describe_limits(spec: ModelSpec, max_video_pixels: int, max_image_pixels: int, max_image_side: int) -> str:
+    """The request limits of a deployment, in words (the API documentation of POST /v1/videos states them)."""
+    m, frames = spec.size_multiple, spec.default_num_frames
+    one, many = smallest_square(spec, 1), smallest_square(spec, frames)
+    return (
+        f"Limits of this deployment: height and width are multiples of {m} (the model's VAE downsamples {m}x), "
+        f"at least {one}x{one} for 1 frame and {many}x{many} for {frames} as squares (its GroupNorm layers need two "
+        f"values per group; some smaller oblong sizes run, and are accepted); num_frames x height x width "
+        f"at most {max_video_pixels}; the image at most {max_image_pixels} pixels and {max_image_side} pixels a "
+        "side, any smaller size down to 1x1. A request outside them gets 400 with a message naming the field "
+        "and the limit; an accepted job fails only for a reason outside the request."
+    )

@@ -19,6 +19,8 @@ from typing import Any
 
 from fastapi import FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import ValidationError
@@ -30,6 +32,7 @@ from svdpipe import __version__
 from svdpipe.config import VideoParams
 from svdpipe.errors import InvalidRequestError, StoreUnavailableError, describe_validation_error
 from svdpipe.images import load_image
+from svdpipe.limits import describe_limits
 from svdpipe.service.config import ServiceConfig
 from svdpipe.service.events import EVENTS_DOC, already_final, job_events
 from svdpipe.service.jobs import JobManager, QueueFull
@@ -66,10 +69,15 @@ def _error(status: int, message: str, kind: str, headers: dict | None = None) ->
     return JSONResponse(body.model_dump(), status_code=status, headers=headers)
 
 
+# The replica serves /openapi.json and /docs itself (routes below): the schema states the limits of the model
+# it loaded, and Serve runs a copy of this app, so the schema cannot be set on `api` from a replica.
 api = FastAPI(
     title="svdpipe",
     version=__version__,
     description="Image-to-video with Stable Video Diffusion, denoising steps pipelined across GPU workers.",
+    openapi_url=None,
+    docs_url=None,
+    redoc_url=None,
 )
 api.mount("/web", StaticFiles(directory=WEB_DIR), name="web")
 
@@ -139,6 +147,22 @@ def _decode_data_url(url: str) -> bytes:
         raise ApiError(400, f"image data URL is not valid base64: {exc}") from exc
 
 
+def openapi_with_limits(config: ServiceConfig, spec: Any) -> dict[str, Any]:
+    """The OpenAPI schema, stating this deployment's request limits (they depend on the model): in words on
+    POST /v1/videos, and the model's size multiple on height and width (multipleOf)."""
+    schema = get_openapi(title=api.title, version=api.version, description=api.description, routes=api.routes)
+    create = schema["paths"]["/v1/videos"]["post"]
+    create["description"] = describe_limits(
+        spec, config.engine.max_video_pixels, config.max_image_pixels, config.max_image_side
+    )
+    for media in create["requestBody"]["content"].values():
+        for name in ("height", "width"):
+            for option in media["schema"]["properties"][name].get("anyOf", []):
+                if option.get("type") == "integer":
+                    option["multipleOf"] = spec.size_multiple
+    return schema
+
+
 # Helpers the ingress uses are defined above it: Serve serialises the class where it is decorated.
 @serve.deployment(max_ongoing_requests=512, graceful_shutdown_timeout_s=30)
 @serve.ingress(api)
@@ -168,6 +192,7 @@ class VideoService:
         pg = get_current_placement_group()
         self.engine = Engine(engine_config, placement_group=pg, first_bundle=1 if pg is not None else 0)
         await self.engine.start()
+        self.openapi = openapi_with_limits(self.config, self.engine.spec)
         # 4. Start claiming jobs from the shared queue.
         self.jobs = JobManager(self.engine, self.store, self.config, ServiceMetrics(), owner=replica)
         await self.jobs.start()
@@ -252,6 +277,14 @@ class VideoService:
     @api.get("/", include_in_schema=False)
     async def root(self) -> FileResponse:
         return FileResponse(WEB_DIR / "index.html", media_type="text/html")
+
+    @api.get("/openapi.json", include_in_schema=False)
+    async def openapi_schema(self) -> JSONResponse:
+        return JSONResponse(self.openapi)
+
+    @api.get("/docs", include_in_schema=False)
+    async def docs(self) -> Response:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{api.title} - API docs")
 
     @api.post(
         "/v1/videos",
