@@ -111,11 +111,23 @@ async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
     return _error(500, f"internal error: {type(exc).__name__}", "server_error")
 
 
+def _form_schema() -> dict[str, Any]:
+    """CreateVideoForm's JSON schema without `null` options: a form has no null (leave a field out for the
+    model's default), and a client that sent the text "null" would get a 400."""
+    schema = CreateVideoForm.model_json_schema()
+    for prop in schema["properties"].values():
+        options = [o for o in prop.get("anyOf", []) if o.get("type") != "null"]
+        if len(options) == 1:
+            del prop["anyOf"]
+            prop.update(options[0])
+    return schema
+
+
 _CREATE_DOC = {
     "requestBody": {
         "required": True,
         "content": {
-            "multipart/form-data": {"schema": CreateVideoForm.model_json_schema()},
+            "multipart/form-data": {"schema": _form_schema()},
             "application/json": {"schema": CreateVideoJSON.model_json_schema()},
         },
     }
@@ -157,7 +169,8 @@ def openapi_with_limits(config: ServiceConfig, spec: Any) -> dict[str, Any]:
     )
     for media in create["requestBody"]["content"].values():
         for name in ("height", "width"):
-            for option in media["schema"]["properties"][name].get("anyOf", []):
+            prop = media["schema"]["properties"][name]
+            for option in [prop, *prop.get("anyOf", [])]:
                 if option.get("type") == "integer":
                     option["multipleOf"] = spec.size_multiple
     return schema
@@ -317,7 +330,7 @@ class VideoService:
     ) -> VideoJobList:
         self._auth(request)
         try:  # the store checks status and cursor
-            records = self.store.list(limit=limit + 1, after=after, status=status)
+            records = self.store.list(limit=limit + 1, after=after or None, status=status or None)  # "" = absent
         except ValueError as exc:
             raise ApiError(400, str(exc)) from exc
         positions = self.jobs.queue_positions([r.id for r in records[:limit] if r.status == "queued"])
