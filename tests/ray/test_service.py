@@ -153,6 +153,7 @@ def test_unknown_ids_and_not_ready(service):
         assert resp.status_code == 404, (path, resp.text)
         assert resp.json()["error"]["type"] == "not_found_error"
     assert service.client.get("/v1/videos", params={"status": "bogus"}).status_code == 400
+    assert service.client.get("/v1/videos", params={"status": "", "after": ""}).status_code == 200  # "" = absent
     assert service.client.get("/v1/videos", params={"limit": 0}).status_code == 422
     job = _create(service.client, {**SMALL, "num_inference_steps": "30"}).json()
     early = service.client.get(f"/v1/videos/{job['id']}/content")
@@ -216,6 +217,8 @@ def test_health_and_openapi(service):
     assert "at least 24x24 for 1 frame" in create["description"] and "1048576" in create["description"]
     height = create["requestBody"]["content"]["application/json"]["schema"]["properties"]["height"]
     assert {"type": "integer", "minimum": 8, "maximum": 4096, "multipleOf": 8} in height["anyOf"]
+    form = create["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]["height"]
+    assert form["type"] == "integer" and form["multipleOf"] == 8 and "anyOf" not in form  # a form has no null
     assert service.client.get("/docs").status_code == 200
 
 
