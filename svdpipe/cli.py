@@ -102,7 +102,7 @@ def _generate(args: argparse.Namespace) -> int:
     params = model_from_args(VideoParams, args)
     format_from_path(args.out)
     image = load_image(args.image)
-    resolved = resolve_params(params, model_spec(config.model))
+    resolved = resolve_params(params, model_spec(config.model), config.max_video_pixels)
     params = params.model_copy(update={"seed": resolved.seed})
     # 2. Run.
     bar = tqdm(total=params.num_inference_steps, desc="denoising", unit="step")
@@ -152,20 +152,57 @@ def _serve(args: argparse.Namespace) -> int:
     if config.api_key is None and args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"svdpipe: warning: listening on {args.host} without an API key (set SVDPIPE_API_KEY)", file=sys.stderr)
 
+    import signal
+
     from ray import serve
 
     from svdpipe.engine.sync import ensure_ray
     from svdpipe.service.app import app_builder
 
     ensure_ray(args.address, dashboard=True)
-    serve.start(http_options={"host": args.host, "port": args.port})
-    serve.run(app_builder(config), name="svdpipe", route_prefix="/")
-    print(f"svdpipe: serving on http://{args.host}:{args.port} (API docs at /docs); Ctrl-C stops", flush=True)
+    # Ray's SIGTERM handler (ray.init installs it) aborts the process and leaves Ray's dashboard and agents
+    # running; SIGTERM is how Kubernetes stops a pod, so ours, installed after it, stops as Ctrl-C does.
+    signal.signal(signal.SIGTERM, _terminated)
     try:
+        serve.start(http_options={"host": args.host, "port": args.port})
+        serve.run(app_builder(config), name=SERVE_APP, route_prefix="/")
+        print(f"svdpipe: serving on http://{args.host}:{args.port} (API docs at /docs); Ctrl-C stops", flush=True)
         while True:
             time.sleep(3600)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Terminated):
         pass
     finally:
-        serve.shutdown()
+        _stop_serving(config.shutdown_grace_s)
     return 0
+
+
+SERVE_APP = "svdpipe"
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived: stop serving gracefully (a BaseException, like KeyboardInterrupt, so no handler eats it)."""
+
+
+def _terminated(_signum: int, _frame: Any) -> None:
+    raise Terminated
+
+
+def _stop_serving(grace_s: float) -> None:
+    """Stop as a replica should: Serve stops routing, each replica lets its running jobs finish for up to
+    `grace_s` and re-queues the rest (VideoService.__del__), then every Ray process this one started exits."""
+    import signal
+
+    import ray
+    from ray import serve
+
+    # A second signal must not cut the stop short (Kubernetes sends SIGKILL after its own grace period).
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    print(f"svdpipe: stopping; running jobs get up to {grace_s:g} s, the rest go back to the queue", flush=True)
+    try:
+        if ray.is_initialized():
+            serve.delete(SERVE_APP)  # returns once the replicas have stopped (Serve kills them past their timeout)
+            serve.shutdown()
+    finally:
+        ray.shutdown()  # a Ray this process started goes with it: GCS, raylet, dashboard, agents, workers
+    print("svdpipe: stopped", flush=True)

@@ -6,8 +6,6 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from svdpipe.errors import InvalidRequestError
-
 if TYPE_CHECKING:
     from svdpipe.models import ModelSpec
 
@@ -81,6 +79,12 @@ class EngineConfig(BaseModel):
     placement_strategy: PlacementStrategy = Field("STRICT_PACK", description="Placement-group strategy.")
     max_inflight: int = Field(16, ge=1, le=4096, description="Requests admitted into the pipeline at once.")
     request_timeout_s: float = Field(600.0, gt=0.0, description="Per-request limit, from admission.")
+    max_video_pixels: int = Field(
+        2**25,
+        ge=64,
+        description="Largest num_frames x height x width a request may ask for (memory; SVD-XT's default "
+        "25x576x1024 is 14.7 million).",
+    )
     max_retries: int = Field(
         1, ge=0, le=5, description="Restarts from the first stage after an actor or transport failure."
     )
@@ -165,19 +169,15 @@ class ResolvedParams(BaseModel):
         return self.max_guidance_scale > 1
 
 
-def resolve_params(params: VideoParams, spec: ModelSpec) -> ResolvedParams:
-    """Fill model defaults, pick a random seed if none, and check what depends on the model."""
+def resolve_params(params: VideoParams, spec: ModelSpec, max_video_pixels: int | None = None) -> ResolvedParams:
+    """Fill model defaults, pick a random seed if none, and check what depends on the model (limits.py) and,
+    when given, this deployment's cap on num_frames x height x width."""
     import secrets
+
+    from svdpipe.limits import check_request
 
     height = params.height if params.height is not None else spec.default_height
     width = params.width if params.width is not None else spec.default_width
-    m = spec.size_multiple
-    if height % m or width % m:
-        raise InvalidRequestError(
-            f"height and width must be multiples of {m} for this model (its VAE downsamples {m}x); got "
-            f"{height}x{width}. Nearest valid: "
-            f"{max(m, round(height / m) * m)}x{max(m, round(width / m) * m)}"
-        )
     num_frames = params.num_frames if params.num_frames is not None else spec.default_num_frames
     values = params.model_dump()
     values.update(
@@ -187,4 +187,6 @@ def resolve_params(params: VideoParams, spec: ModelSpec) -> ResolvedParams:
         decode_chunk_size=params.decode_chunk_size or num_frames,
         seed=params.seed if params.seed is not None else secrets.randbelow(2**63),
     )
-    return ResolvedParams(**values)
+    resolved = ResolvedParams(**values)
+    check_request(resolved, spec, max_video_pixels)
+    return resolved

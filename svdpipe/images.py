@@ -12,9 +12,14 @@ from svdpipe.errors import InvalidRequestError
 
 SUPPORTED_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")
 DEFAULT_MAX_PIXELS = 36_000_000  # e.g. 6000x6000; far above any SVD input, far below a bomb
+# CLIP preprocessing blurs with a kernel that grows with the side (diffusers' _resize_with_antialiasing): a
+# 2x1,000,000 image takes a minute on a CPU, and the time grows with the square of the side.
+DEFAULT_MAX_SIDE = 16_384
 
 
-def load_image(source: bytes | str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> PIL.Image.Image:
+def load_image(
+    source: bytes | str | Path, max_pixels: int = DEFAULT_MAX_PIXELS, max_side: int = DEFAULT_MAX_SIDE
+) -> PIL.Image.Image:
     """Open an image from bytes or a path as RGB (alpha dropped, as diffusers' load_image does)."""
     if isinstance(source, (str, Path)):
         path = Path(source)
@@ -33,8 +38,10 @@ def load_image(source: bytes | str | Path, max_pixels: int = DEFAULT_MAX_PIXELS)
             width, height = image.size
             if width * height > max_pixels:
                 raise InvalidRequestError(
-                    f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}"
+                    f"image: {width}x{height} = {width * height} pixels; the limit is {max_pixels}"
                 )
+            if max(width, height) > max_side:
+                raise InvalidRequestError(f"image: {width}x{height} has a side over the limit of {max_side} pixels")
             if fmt not in SUPPORTED_FORMATS:
                 raise InvalidRequestError(f"unsupported image format {fmt}; use one of {', '.join(SUPPORTED_FORMATS)}")
             image.load()
@@ -47,3 +54,15 @@ def load_image(source: bytes | str | Path, max_pixels: int = DEFAULT_MAX_PIXELS)
     except (OSError, ValueError, SyntaxError) as exc:
         raise InvalidRequestError(f"could not read the image: {exc}") from exc
     return image.convert("RGB")
+
+
+def clip_ready(image: PIL.Image.Image) -> PIL.Image.Image:
+    """The image with any 1-pixel side repeated to 2 pixels (the same picture), unchanged otherwise.
+
+    diffusers' CLIP preprocessing blurs before it resizes to 224x224, padding each side by reflection, which
+    needs at least 2 pixels; a 1-pixel-high or -wide image (even 1x1) is otherwise a valid input.
+    """
+    width, height = image.size
+    if width >= 2 and height >= 2:
+        return image
+    return image.resize((max(width, 2), max(height, 2)), PIL.Image.Resampling.NEAREST)

@@ -37,6 +37,11 @@ class ModelSpec:
     default_width: int
     default_num_frames: int
     size_multiple: int  # height and width must be multiples of this
+    # Channels per level and VAE norm groups: the smallest runnable size follows from them (limits.py). The
+    # defaults are SVD's, whose channels leave every size runnable.
+    vae_channels: tuple[int, ...] = (128, 256, 512, 512)
+    vae_groups: int = 32
+    unet_channels: tuple[int, ...] = (320, 640, 1280, 1280)
 
     @classmethod
     def from_configs(cls, unet_config: Any, vae_config: Any) -> ModelSpec:
@@ -44,7 +49,21 @@ class ModelSpec:
         size = unet_config["sample_size"] * vae_factor
         # Only the VAE constrains the size: the UNet forwards each skip connection's size to its up-samplers,
         # so any latent size works (checked on the 4-level SVD UNet with 9x9 and 3x5 latents).
-        return cls(size, size, unet_config["num_frames"], vae_factor)
+        return cls(
+            size,
+            size,
+            unet_config["num_frames"],
+            vae_factor,
+            tuple(vae_config["block_out_channels"]),
+            vae_config.get("norm_num_groups", 32),
+            tuple(unet_config["block_out_channels"]),
+        )
+
+    def fewest_norm_values(self, height: int, width: int, num_frames: int) -> int:
+        """Fewest values a GroupNorm group sees for this output size (torch needs at least 2)."""
+        from svdpipe.limits import fewest_norm_values
+
+        return fewest_norm_values(self.vae_channels, self.vae_groups, self.unet_channels, height, width, num_frames)
 
 
 @dataclass

@@ -16,6 +16,7 @@ import torch
 
 from svdpipe import sampler
 from svdpipe.config import ResolvedParams
+from svdpipe.images import clip_ready
 from svdpipe.models import SVDModel
 from svdpipe.state import RequestState
 
@@ -38,8 +39,9 @@ def encode(
     # diffusers draws from one CPU generator in this order: noise augmentation, then initial latents.
     generator = torch.Generator("cpu").manual_seed(params.seed)
 
-    # 1. CLIP image embedding (diffusers' resize-to-224 + CLIPImageProcessor normalisation).
-    image_embeddings = pipe._encode_image(image, device, 1, do_cfg)
+    # 1. CLIP image embedding (diffusers' resize-to-224 + CLIPImageProcessor normalisation; a 1-pixel side is
+    # repeated, as diffusers' blur cannot pad it).
+    image_embeddings = pipe._encode_image(clip_ready(image), device, 1, do_cfg)
 
     # 2. VAE latents of the noise-augmented image.
     pixels = pipe.video_processor.preprocess(image, height=params.height, width=params.width).to(device)

@@ -281,7 +281,7 @@ class Engine:
                     self.failed += 1
                     logger.warning("request %s failed in its own computation: %s", record.request_id, short(exc))
                     raise RequestFailedError(f"request {record.request_id} failed: {short(exc)}") from exc
-                logger.warning("request %s attempt %d failed: %s", record.request_id, attempt, short(exc))
+                logger.warning("request %s attempt %d failed: %s", record.request_id, attempt, exc)  # whole, for logs
                 recovery = self._recovery_for(generation)  # rebuild even if this request gives up
                 if attempt > self.config.max_retries:
                     self.failed += 1

@@ -11,6 +11,8 @@ import re
 
 import ray
 
+from svdpipe.errors import cause_message
+
 # Errors that a transfer between actors raises inside a task (gloo / NCCL / RDT), as their messages name them.
 _TRANSPORT = re.compile(r"gloo|nccl|collective|rdt transfer|connection (?:closed|reset)", re.IGNORECASE)
 
@@ -44,8 +46,6 @@ def is_infrastructure(exc: BaseException) -> bool:
 
 
 def short(exc: BaseException) -> str:
-    """One line for logs and errors: the root cause's type and first line (a task error's own cause, not Ray's
-    wrapper)."""
-    cause = exc.cause if isinstance(exc, ray.exceptions.RayTaskError) and exc.cause is not None else exc
-    lines = [line for line in str(cause).strip().splitlines() if line.strip()]
-    return f"{type(cause).__name__}: {lines[0] if lines else ''}"[:300]
+    """One line for errors a user reads: the root cause's type and message (errors.cause_message); the whole
+    text, with Ray's actor and pid, goes to the logs."""
+    return cause_message(exc)

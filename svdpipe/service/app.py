@@ -21,6 +21,8 @@ from typing import Any
 
 from fastapi import FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import ValidationError
@@ -32,6 +34,7 @@ from svdpipe import __version__
 from svdpipe.config import VideoParams
 from svdpipe.errors import InvalidRequestError, StorageFullError, StoreUnavailableError, describe_validation_error
 from svdpipe.images import load_image
+from svdpipe.limits import describe_limits
 from svdpipe.service.config import ServiceConfig
 from svdpipe.service.events import EVENTS_DOC, already_final, job_events
 from svdpipe.service.jobs import JobManager, QueueFull
@@ -54,6 +57,7 @@ _PARAM_FIELDS = set(VideoParams.model_fields)
 WEB_DIR = Path(__file__).parent / "web"  # the page at / (plain HTML/CSS/JS, package data)
 _FORM_FIELDS = _PARAM_FIELDS | {"output_format"}
 _STORAGE_RETRY_AFTER_S = 30  # Retry-After of a 507: space is freed by retention or an operator, not in seconds
+SHUTDOWN_MARGIN_S = 30.0  # beyond the jobs' grace period: HTTP calls to end, leases released, actors removed
 
 
 class ApiError(Exception):
@@ -69,10 +73,15 @@ def _error(status: int, message: str, kind: str, headers: dict | None = None) ->
     return JSONResponse(body.model_dump(), status_code=status, headers=headers)
 
 
+# The replica serves /openapi.json and /docs itself (routes below): the schema states the limits of the model
+# it loaded, and Serve runs a copy of this app, so the schema cannot be set on `api` from a replica.
 api = FastAPI(
     title="svdpipe",
     version=__version__,
     description="Image-to-video with Stable Video Diffusion, denoising steps pipelined across GPU workers.",
+    openapi_url=None,
+    docs_url=None,
+    redoc_url=None,
 )
 api.mount("/web", StaticFiles(directory=WEB_DIR), name="web")
 
@@ -113,11 +122,23 @@ async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
     return _error(500, f"internal error: {type(exc).__name__}", "server_error")
 
 
+def _form_schema() -> dict[str, Any]:
+    """CreateVideoForm's JSON schema without `null` options: a form has no null (leave a field out for the
+    model's default), and a client that sent the text "null" would get a 400."""
+    schema = CreateVideoForm.model_json_schema()
+    for prop in schema["properties"].values():
+        options = [o for o in prop.get("anyOf", []) if o.get("type") != "null"]
+        if len(options) == 1:
+            del prop["anyOf"]
+            prop.update(options[0])
+    return schema
+
+
 _CREATE_DOC = {
     "requestBody": {
         "required": True,
         "content": {
-            "multipart/form-data": {"schema": CreateVideoForm.model_json_schema()},
+            "multipart/form-data": {"schema": _form_schema()},
             "application/json": {"schema": CreateVideoJSON.model_json_schema()},
         },
     }
@@ -150,6 +171,23 @@ def _decode_data_url(url: str) -> bytes:
         raise ApiError(400, f"image data URL is not valid base64: {exc}") from exc
 
 
+def openapi_with_limits(config: ServiceConfig, spec: Any) -> dict[str, Any]:
+    """The OpenAPI schema, stating this deployment's request limits (they depend on the model): in words on
+    POST /v1/videos, and the model's size multiple on height and width (multipleOf)."""
+    schema = get_openapi(title=api.title, version=api.version, description=api.description, routes=api.routes)
+    create = schema["paths"]["/v1/videos"]["post"]
+    create["description"] = describe_limits(
+        spec, config.engine.max_video_pixels, config.max_image_pixels, config.max_image_side
+    )
+    for media in create["requestBody"]["content"].values():
+        for name in ("height", "width"):
+            prop = media["schema"]["properties"][name]
+            for option in [prop, *prop.get("anyOf", [])]:
+                if option.get("type") == "integer":
+                    option["multipleOf"] = spec.size_multiple
+    return schema
+
+
 # Helpers the ingress uses are defined above it: Serve serialises the class where it is decorated.
 @serve.deployment(max_ongoing_requests=512, graceful_shutdown_timeout_s=30)
 @serve.ingress(api)
@@ -179,6 +217,7 @@ class VideoService:
         pg = get_current_placement_group()
         self.engine = Engine(engine_config, placement_group=pg, first_bundle=1 if pg is not None else 0)
         await self.engine.start()
+        self.openapi = openapi_with_limits(self.config, self.engine.spec)
         # 4. Start claiming jobs from the shared queue.
         self.jobs = JobManager(self.engine, self.store, self.config, ServiceMetrics(), owner=replica)
         await self.jobs.start()
@@ -192,7 +231,9 @@ class VideoService:
 
     async def __del__(self) -> None:
         self._watch_task.cancel()
-        await self.jobs.stop()  # puts this replica's running jobs back in the queue for the others
+        # Serve calls this on a graceful stop, once in-flight HTTP calls are done: running jobs get the grace
+        # period, the rest go back in the queue for the other replicas (or the next one to start).
+        await self.jobs.drain(self.config.shutdown_grace_s)
         await self.engine.shutdown()
         await asyncio.to_thread(self.store.close)
 
@@ -285,6 +326,14 @@ class VideoService:
     async def root(self) -> FileResponse:
         return FileResponse(WEB_DIR / "index.html", media_type="text/html")
 
+    @api.get("/openapi.json", include_in_schema=False)
+    async def openapi_schema(self) -> JSONResponse:
+        return JSONResponse(self.openapi)
+
+    @api.get("/docs", include_in_schema=False)
+    async def docs(self) -> Response:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{api.title} - API docs")
+
     @api.post(
         "/v1/videos",
         status_code=202,
@@ -297,7 +346,8 @@ class VideoService:
         self._auth(request)
         image, params, fmt = await self._parse_create(request)
         try:
-            load_image(image, self.config.max_image_pixels)  # reject bad images now, not in the pipeline
+            # reject bad images now, not in the pipeline
+            load_image(image, self.config.max_image_pixels, self.config.max_image_side)
             record = await asyncio.to_thread(self.jobs.submit, image, params, fmt)  # type: ignore[arg-type]
         except QueueFull as exc:
             raise ApiError(429, str(exc), "rate_limit_error", {"Retry-After": str(exc.retry_after_s)}) from exc
@@ -315,7 +365,9 @@ class VideoService:
     ) -> VideoJobList:
         self._auth(request)
         try:  # the store checks status and cursor
-            records = await asyncio.to_thread(self.store.list, limit=limit + 1, after=after, status=status)
+            records = await asyncio.to_thread(
+                self.store.list, limit=limit + 1, after=after or None, status=status or None
+            )  # "" = absent
         except ValueError as exc:
             raise ApiError(400, str(exc)) from exc
         queued = [r.id for r in records[:limit] if r.status == "queued"]
@@ -426,6 +478,9 @@ def app_builder(args: ServiceConfig) -> Application:
         scaling = {"autoscaling_config": args.autoscaling.model_dump()}
     return VideoService.options(
         **scaling,
+        # Serve kills a stopping replica after this: the jobs' grace period, plus time to re-queue the rest and
+        # remove the stage actors.
+        graceful_shutdown_timeout_s=args.shutdown_grace_s + SHUTDOWN_MARGIN_S,
         placement_group_bundles=args.bundles(),
         placement_group_strategy=args.engine.placement_strategy,
         ray_actor_options={"num_cpus": args.replica_cpus},

@@ -77,7 +77,16 @@ class ServiceConfig(BaseModel):
         description="Free space (MB) the data directory must keep: below it new jobs get 507 and health says "
         "degraded (0: no floor).",
     )
+    max_image_side: int = Field(
+        16_384, ge=2, description="Longest accepted image side (CLIP preprocessing time grows with its square)."
+    )
     retention_s: float = Field(7 * 24 * 3600.0, gt=0, description="Finished jobs and videos are deleted after this.")
+    shutdown_grace_s: float = Field(
+        30.0,
+        ge=0.0,
+        le=3600.0,
+        description="On stop (SIGTERM), running jobs may finish for this long; the rest go back to the queue.",
+    )
     max_job_attempts: int = Field(
         3, ge=1, le=10, description="Starts of a job (its replica died or restarted while it ran) before it fails."
     )

@@ -46,7 +46,7 @@ def service(ray_session, tmp_path_factory):
         max_upload_bytes=400_000,
         max_image_pixels=1_000_000,
         replica_cpus=0.1,
-        engine=small_engine("svc"),
+        engine=small_engine("svc", max_video_pixels=2**20),
     )
     with serving(config, "svdpipe-test") as (client, port):
         yield SimpleNamespace(client=client, config=config, port=port)
@@ -130,6 +130,20 @@ def test_json_data_url_and_gif(service):
         ({"json": {"image": "data:image/png;base64,AAAA", "fps": "fast"}}, 400, "fps"),
         ({"content": b"{nope", "headers": {"content-type": "application/json"}}, 400, "invalid JSON"),
         ({"files": {"image": ("x.png", _flat_png(1100, 1000), "image/png")}, "data": SMALL}, 400, "pixels"),
+        # limits of the model (the tiny one's GroupNorms) and of the deployment (max_video_pixels), by field name
+        (
+            {"files": {"image": ("x.png", _png(), "image/png")}, "data": {"height": "8", "width": "8"}},
+            400,
+            "height and width: 8x8 is too small",
+        ),
+        (
+            {
+                "files": {"image": ("x.png", _png(), "image/png")},
+                "data": {"num_frames": "256", "height": "64", "width": "128"},
+            },
+            400,
+            "num_frames x height x width: 256x64x128 = 2097152 pixels exceeds",
+        ),
         ({"files": {"image": ("x.bin", os.urandom(500_000), "image/png")}, "data": SMALL}, 413, "larger than"),
     ],
 )
@@ -137,6 +151,13 @@ def test_bad_inputs_get_4xx_with_a_message(service, kwargs, status, message):
     resp = service.client.post("/v1/videos", **kwargs)
     assert resp.status_code == status, resp.text
     assert message in resp.json()["error"]["message"]
+
+
+def test_a_one_pixel_image_is_accepted_and_its_job_completes(service):
+    resp = _create(service.client, {**SMALL, "seed": "5"}, png=_flat_png(1, 1))
+    assert resp.status_code == 202, resp.text
+    done = _wait(service.client, resp.json()["id"], ("completed", "failed"))
+    assert done["status"] == "completed", done["error"]
 
 
 def test_unknown_ids_and_not_ready(service):
@@ -151,6 +172,7 @@ def test_unknown_ids_and_not_ready(service):
         assert resp.status_code == 404, (path, resp.text)
         assert resp.json()["error"]["type"] == "not_found_error"
     assert service.client.get("/v1/videos", params={"status": "bogus"}).status_code == 400
+    assert service.client.get("/v1/videos", params={"status": "", "after": ""}).status_code == 200  # "" = absent
     assert service.client.get("/v1/videos", params={"limit": 0}).status_code == 422
     job = _create(service.client, {**SMALL, "num_inference_steps": "30"}).json()
     early = service.client.get(f"/v1/videos/{job['id']}/content")
@@ -210,6 +232,12 @@ def test_health_and_openapi(service):
     create = spec["paths"]["/v1/videos"]["post"]
     assert set(create["requestBody"]["content"]) == {"multipart/form-data", "application/json"}
     assert {"202", "429", "503"} <= set(create["responses"])
+    # the limits of this deployment's model are stated: in words, and the size multiple in the schema
+    assert "at least 24x24 for 1 frame" in create["description"] and "1048576" in create["description"]
+    height = create["requestBody"]["content"]["application/json"]["schema"]["properties"]["height"]
+    assert {"type": "integer", "minimum": 8, "maximum": 4096, "multipleOf": 8} in height["anyOf"]
+    form = create["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]["height"]
+    assert form["type"] == "integer" and form["multipleOf"] == 8 and "anyOf" not in form  # a form has no null
     assert service.client.get("/docs").status_code == 200
 
 

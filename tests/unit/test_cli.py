@@ -74,6 +74,9 @@ def test_generate_npy_matches_local_pipeline(tmp_path):
         (["--num-frames", "0"], "num_frames"),
         (["--model", "/no/such/model"], "neither a built-in model"),
         (["--image", "/no/such.png"], "image file not found"),
+        # the model's and the deployment's limits, checked before any work
+        (["--height", "8", "--width", "8"], "height and width: 8x8 is too small"),
+        (["--num-frames", "200", "--max-video-pixels", "100000"], "num_frames x height x width: 200x64x64"),
     ],
 )
 def test_generate_errors_are_one_line(tmp_path, capsys, args, message):

@@ -447,3 +447,48 @@ def test_health_answers_from_stage_states_refreshed_in_the_background(tmp_path):
     asked, answers = asyncio.run(scenario())
     assert asked <= 2  # once at start (and perhaps one refresh), not 50 times
     assert all(a["status"] == "ok" and a["stages"][0]["state"] == "alive" for a in answers)
+
+
+def test_drain_lets_running_jobs_finish_and_claims_nothing_more(tmp_path):
+    async def scenario():
+        manager = _manager(tmp_path, FakeEngine(max_inflight=1))
+        await manager.start()
+        first = manager.submit(_png(), VideoParams(num_inference_steps=5, seed=1), "mp4")
+        second = manager.submit(_png(), VideoParams(num_inference_steps=5, seed=2), "mp4")
+        await _wait_status(manager, first.id, ("in_progress",))
+        await manager.drain(grace_s=30)  # far longer than the job: it ends by finishing
+        return manager.store.get(first.id), manager.store.get(second.id)
+
+    first, second = asyncio.run(scenario())
+    assert first.status == "completed"
+    assert second.status == "queued" and second.attempts == 0  # never claimed while stopping
+
+
+def test_drain_hands_jobs_past_the_grace_back_with_their_lease_released(tmp_path):
+    async def scenario():
+        manager = _manager(tmp_path, FakeEngine(max_inflight=1, step_s=10.0))
+        await manager.start()
+        job = manager.submit(_png(), VideoParams(num_inference_steps=5, seed=1), "mp4")
+        await _wait_status(manager, job.id, ("in_progress",))
+        await manager.drain(grace_s=0.01)
+        return manager.store.get(job.id)
+
+    record = asyncio.run(scenario())
+    assert record.status == "queued" and record.owner is None and record.lease_expires_at is None
+    assert record.attempts == 1
+
+
+def test_a_failed_jobs_error_is_its_root_cause_in_one_line(tmp_path):
+    from tests.unit.test_errors import PADDING, _task_error
+
+    failure = _task_error("mux", _task_error("encode", RuntimeError(PADDING)), actor="MuxWorker")
+
+    async def scenario():
+        manager = _manager(tmp_path, FakeEngine(fail_with=failure))
+        await manager.start()
+        job = manager.submit(_png(), VideoParams(num_inference_steps=1, seed=1), "mp4")
+        record = await _wait_status(manager, job.id, ("failed",))
+        await manager.stop()
+        return record
+
+    assert asyncio.run(scenario()).error == f"internal error: RuntimeError: {PADDING}"

@@ -22,8 +22,8 @@ def test_defaults_match_diffusers():
 
 
 def test_model_specs_from_configs():
-    assert model_spec("tiny") == ModelSpec(64, 64, 4, 8)
-    assert model_spec("random-full") == ModelSpec(768, 768, 14, 8)
+    assert model_spec("tiny") == ModelSpec(64, 64, 4, 8, (32, 32, 32, 32), 32, (32, 64))
+    assert model_spec("random-full") == ModelSpec(768, 768, 14, 8, (128, 256, 512, 512), 32, (320, 640, 1280, 1280))
     assert model_spec("random-full-xt").default_num_frames == 25
 
 
@@ -75,3 +75,67 @@ def test_engine_config_is_frozen():
     cfg = EngineConfig()
     with pytest.raises(ValidationError):
         cfg.num_stages = 5  # type: ignore[misc]
+
+
+TINY = model_spec("tiny")
+
+
+@pytest.mark.parametrize(
+    ("height", "width", "frames", "runs"),
+    [
+        # on the tiny model, checked by running each (its channels leave 1-value GroupNorm groups at 1x1 latents)
+        (8, 8, 1, False),
+        (8, 8, 256, False),  # the VAE encoder sees one image whatever the frames
+        (8, 16, 1, False),  # the UNet's second level: 1x1 with one channel per group, one frame
+        (8, 16, 2, True),
+        (16, 16, 1, False),
+        (16, 24, 1, True),
+        (24, 24, 1, True),
+        (8, 4096, 4, True),
+    ],
+)
+def test_the_smallest_size_follows_from_the_models_norms(height, width, frames, runs):
+    params = VideoParams(height=height, width=width, num_frames=frames)
+    if runs:
+        assert resolve_params(params, TINY).height == height
+    else:
+        with pytest.raises(InvalidRequestError, match=r"^height and width: .* too small .* it runs from \d+x\d+"):
+            resolve_params(params, TINY)
+
+
+def test_svd_runs_every_size_its_vae_divides():
+    assert resolve_params(VideoParams(height=8, width=8, num_frames=1), SVD).height == 8
+
+
+def test_the_video_pixel_cap_names_its_fields_and_limit():
+    params = VideoParams(height=64, width=64, num_frames=5)
+    assert resolve_params(params, TINY, max_video_pixels=5 * 64 * 64).num_frames == 5
+    with pytest.raises(InvalidRequestError, match=r"^num_frames x height x width: 5x64x64 = 20480 .* limit of 16384"):
+        resolve_params(params, TINY, max_video_pixels=16384)
+
+
+def test_one_pixel_sides_are_repeated_for_clip_and_nothing_else_changes():
+    import PIL.Image
+
+    from svdpipe.images import clip_ready
+
+    for size, fixed in [((1, 1), (2, 2)), ((1, 300), (2, 300)), ((300, 1), (300, 2))]:
+        image = PIL.Image.new("RGB", size, (10, 20, 30))
+        out = clip_ready(image)
+        assert out.size == fixed and set(out.getdata()) == {(10, 20, 30)}
+    image = PIL.Image.new("RGB", (2, 5))
+    assert clip_ready(image) is image
+
+
+def test_an_image_side_over_the_limit_is_rejected_by_name():
+    import io
+
+    import PIL.Image
+
+    from svdpipe.images import load_image
+
+    buf = io.BytesIO()
+    PIL.Image.new("RGB", (300, 1)).save(buf, "PNG")
+    assert load_image(buf.getvalue(), max_side=300).size == (300, 1)
+    with pytest.raises(InvalidRequestError, match=r"^image: 300x1 has a side over the limit of 299"):
+        load_image(buf.getvalue(), max_side=299)

@@ -14,6 +14,8 @@ from svdpipe.errors import (
     RequestFailedError,
     StoreUnavailableError,
     SvdpipeError,
+    cause_message,
+    clean_message,
 )
 from svdpipe.service.config import ServiceConfig
 from svdpipe.service.jobs.local import LocalJobs
@@ -70,7 +72,7 @@ class Dispatcher:
         while True:
             record = None
             local.wakeup.clear()  # before the claim: a submit during it must still wake the next wait
-            if len(local.tasks) < self.engine.config.max_inflight:
+            if not local.draining and len(local.tasks) < self.engine.config.max_inflight:
                 try:
                     record = await asyncio.to_thread(self.store.claim, self.owner, self.config.lease_s)
                     self.outage.ok()
@@ -136,13 +138,14 @@ class Dispatcher:
             )
             return
         except (InvalidRequestError, RequestFailedError, SvdpipeError) as exc:
-            await self.recorder.record(job_id, Outcome("failed", str(exc), **ended))
+            logger.info("job %s failed: %s", job_id, exc)
+            await self.recorder.record(
+                job_id, Outcome("failed", clean_message(str(exc)) or type(exc).__name__, **ended)
+            )
             return
         except Exception as exc:
             logger.exception("job %s failed unexpectedly", job_id)
-            await self.recorder.record(
-                job_id, Outcome("failed", f"internal error: {type(exc).__name__}: {exc}", **ended)
-            )
+            await self.recorder.record(job_id, Outcome("failed", f"internal error: {cause_message(exc)}", **ended))
             return
         # How the job ran (nothing of it changes the frames beyond fp32 rounding): kept with its parameters.
         ran: dict[str, Any] = {"latency_mode": self.engine.config.latency_mode, "cfg_split": result.split}

@@ -98,6 +98,16 @@ class JobManager:
             loop.create_task(_forever(self.housekeeper.housekeeping_once, HOUSEKEEPING_S)),
         ]
 
+    async def drain(self, grace_s: float) -> None:
+        """A graceful stop: claim nothing more, let the running jobs finish for up to `grace_s`, then `stop()`,
+        which hands the rest back to the queue with their leases released."""
+        self.local.draining = True
+        running = list(self.local.tasks.values())
+        if running and grace_s > 0:
+            logger.info("stopping: waiting up to %.0f s for %d running job(s)", grace_s, len(running))
+            await asyncio.wait(running, timeout=grace_s)
+        await self.stop()
+
     async def stop(self) -> None:
         """Stop taking work and put this replica's running jobs back in the queue for another replica (if the
         store is unreachable they stay `in_progress` and are re-queued when their lease expires)."""
@@ -122,7 +132,7 @@ class JobManager:
         """Validate and queue a job. Raises InvalidRequestError, QueueFull, StorageFullError (the data directory
         is below ``min_free_mb`` or full) or StoreUnavailableError. Blocking: the API calls it in a worker thread.
         """
-        resolved = resolve_params(params, self.engine.spec)
+        resolved = resolve_params(params, self.engine.spec, self.engine.config.max_video_pixels)
         # A job accepted now must be able to store its video: refuse it while the disk is nearly full.
         free = free_bytes(self.config.data_dir)
         if below_floor(free, self.config.min_free_mb):

@@ -23,6 +23,7 @@ class LocalJobs:
     # the store, for changes made by other replicas).
     changes: ChangeSignal = field(default_factory=ChangeSignal)
     stopping: bool = False  # shutting down: a cancelled job is re-queued, not recorded as cancelled
+    draining: bool = False  # the replica is stopping: no new claims, running jobs may finish
     loop: asyncio.AbstractEventLoop | None = None  # the replica's event loop, once started
 
     def wake(self) -> None:
