@@ -42,9 +42,10 @@ from svdpipe.errors import (
     SvdpipeError,
 )
 from svdpipe.latency import SplitPlan, plan_cfg_split, split_work
+from svdpipe.memory import max_decode_chunk
 from svdpipe.models import model_spec
 from svdpipe.parareal import PararealStats
-from svdpipe.placement import ActorSpec, actor_layout, bundles, choose_transport, mux_layout
+from svdpipe.placement import ActorSpec, actor_layout, bundles, check_devices, choose_transport, mux_layout
 from svdpipe.planner import CostModel, Plan, Planner, RequestShape, actor_calls
 from svdpipe.timing import HopTiming, StageStats
 from svdpipe.worker import EncodedVideo, EncodeRequest, ModelWorker, MuxWorker, PhaseCosts, median_costs
@@ -106,6 +107,7 @@ class Engine:
         self.mux_layout: list[ActorSpec] = mux_layout(config)
         self.planner: Planner | None = None  # built at start, from the phase costs the actors measure
         self.spec = model_spec(config.model)
+        self.max_decode_chunk: int | None = None  # GPU actors: the largest decode chunk that fits (warm-up)
         self.transport = choose_transport(config)
         self.stats = StageStats()
         self._pg = placement_group
@@ -281,6 +283,10 @@ class Engine:
         png, params = self._warmup_request(self.config.num_stages)
         costs = await asyncio.gather(*[self._actors[i].warm_up.remote(png, params) for i in fresh])
         measured = median_costs(list(costs)) if costs else None
+        if self.config.latency_mode in ("cfg-split", "auto"):  # the helpers' batch-of-one on their own thread
+            help_thread = [self._actors[i].warm_half.options(concurrency_group="help") for i in fresh]
+            await asyncio.gather(*[m.remote(png, params) for m in help_thread])
+        await self._check_devices()
         # One pipeline plan visits every model actor (and a mux actor), warming the transport between them.
         cost_model = self._cost_model(measured) if measured is not None else self._planner_costs()
         planner = Planner(len(self._actors), len(self._muxers), cost_model)
@@ -292,6 +298,15 @@ class Engine:
         refs = self._submit(plan, EncodeRequest("warmup", png, params, "npy", time.time()), split)
         await refs[-1]
         return measured
+
+    async def _check_devices(self) -> None:
+        """The actors' devices suit the transport (CUDA IPC: one physical GPU), and the largest decode chunk
+        their free memory holds, for requests that leave decode_chunk_size to 'auto'."""
+        reports = await asyncio.gather(*[a.device_report.remote() for a in self._actors])
+        check_devices(self.transport, [r.name for r in reports], [r.uuid for r in reports])
+        self.max_decode_chunk = max_decode_chunk([(r.decode_frame_bytes, r.free_bytes) for r in reports])
+        if self.max_decode_chunk is not None:
+            logger.info("decode chunks of up to %d frames fit the actors' free memory", self.max_decode_chunk)
 
     def _cost_model(self, measured: PhaseCosts) -> CostModel:
         """Simulated costs where the config sets them (exact), the actors' measurements otherwise."""
@@ -345,7 +360,7 @@ class Engine:
         if not self._started or self._slots is None:
             raise RequestFailedError("the engine is not running")
         if isinstance(params, VideoParams):
-            params = resolve_params(params, self.spec)
+            params = resolve_params(params, self.spec, self.max_decode_chunk)
         request_id = request_id or uuid.uuid4().hex
         if request_id in self._inflight:
             raise ValueError(f"request {request_id} is already running")

@@ -50,6 +50,7 @@ class EngineLike(Protocol):
     config: Any
     spec: Any
     stats: Any
+    max_decode_chunk: int | None  # GPU actors: the largest decode chunk that fits ('auto' requests)
 
     async def generate(
         self,
@@ -150,7 +151,7 @@ class JobManager:
 
     def submit(self, image_png: bytes, params: VideoParams, output_format: OutputFormat) -> JobRecord:
         """Validate and queue a job. Raises InvalidRequestError, QueueFull or StoreUnavailableError."""
-        resolved = resolve_params(params, self.engine.spec)
+        resolved = resolve_params(params, self.engine.spec, self.engine.max_decode_chunk)
         # The whole shared queue counts. Two replicas may both admit the last slot at the same moment: the
         # bound is exact to within one job per replica, which is what back-pressure needs.
         waiting = self.store.counts()["queued"]
