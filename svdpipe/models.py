@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
@@ -187,8 +188,11 @@ def _from_pretrained(name: str, needed: set[str], dtype: torch.dtype, source: st
 
     skip = {c: None for c in ("unet", "vae", "image_encoder") if c not in needed}
     try:
-        # Loaded in the target dtype: never an fp32 copy of the weights in host memory per actor.
-        return StableVideoDiffusionPipeline.from_pretrained(name, torch_dtype=dtype, **skip)
+        # Loaded in the target dtype: never an fp32 copy of the weights in host memory per actor. `torch_dtype`
+        # is what every diffusers >= 0.35 takes; newer ones also take `dtype` and warn about the old name.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*torch_dtype.*deprecated", category=FutureWarning)
+            return StableVideoDiffusionPipeline.from_pretrained(name, torch_dtype=dtype, **skip)
     except Exception as exc:  # diffusers/hub raise many types; the user needs one clear line
         hint = "" if Path(name).is_dir() else " (no network access to the hub? use a local directory instead)"
         raise ModelLoadError(f"could not load SVD from {source}: {type(exc).__name__}: {exc}{hint}") from exc
