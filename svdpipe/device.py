@@ -56,21 +56,30 @@ class _Done:
 class CompletedSteps:
     """Calls `on_step(i)` once step i's work has finished on the device.
 
-    `queued(i)` is called after step i's kernels are launched: it records an event and reports every earlier
-    step whose event is done, waiting only for the step before i, which the device finished while step i was
-    being launched (so the queue never runs dry for a report). `flush()` reports the rest after the loop.
+    `queued(i)` is called after step i's kernels are launched: it records an event and reports the steps more
+    than `lag` behind, waiting on their events. On a GPU the lag is one step: step i - 1 is reported once step i
+    is queued behind it, so the device never runs dry while this thread waits for a report. On the CPU the step
+    has finished when `queued` is called, and is reported at once. `flush()` reports the rest after the loop.
     """
 
-    def __init__(self, on_step: Callable[[int], None], device: Any, event: Callable[[], _Event] | None = None):
+    def __init__(
+        self,
+        on_step: Callable[[int], None],
+        device: Any,
+        event: Callable[[], _Event] | None = None,
+        lag: int | None = None,
+    ) -> None:
+        cuda = is_cuda(device)
         self._on_step = on_step
-        self._event = event if event is not None else (_cuda_event if is_cuda(device) else _Done)
+        self._event = event if event is not None else (_cuda_event if cuda else _Done)
+        self._lag = lag if lag is not None else (1 if cuda else 0)
         self._pending: deque[tuple[int, _Event]] = deque()
 
     def queued(self, i: int) -> None:
         event = self._event()
         event.record()
         self._pending.append((i, event))
-        while len(self._pending) > 1:  # keep step i queued on the device; report the ones before it
+        while len(self._pending) > self._lag:
             self._report()
 
     def flush(self) -> None:

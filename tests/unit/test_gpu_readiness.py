@@ -172,8 +172,9 @@ class RecordingEvent:
 def test_progress_fires_after_the_step_finishes():
     log: list = []
     counter = iter(range(100))
+    # a device whose kernels run asynchronously (as on a GPU): a report lags one step behind
     steps = device.CompletedSteps(
-        lambda i: log.append(("report", i)), "cpu", lambda: RecordingEvent(log, next(counter))
+        lambda i: log.append(("report", i)), "cuda", lambda: RecordingEvent(log, next(counter)), lag=1
     )
     for i in range(3):
         log.append(("launch", i))
@@ -185,6 +186,13 @@ def test_progress_fires_after_the_step_finishes():
     # step i is reported while step i + 1 is queued: the device never waits for a report
     assert log.index(("launch", 1)) < log.index(("report", 0))
     assert [e for e in log if e[0] == "report"] == [("report", 0), ("report", 1), ("report", 2)]
+
+
+def test_on_the_cpu_a_step_is_reported_when_queued():
+    reported: list[int] = []
+    steps = device.CompletedSteps(reported.append, "cpu")
+    steps.queued(0)
+    assert reported == [0]  # the CPU ran the step before `queued`: no reason to wait for the next one
 
 
 def test_denoise_reports_each_step_once_in_order(tiny_model, image):
