@@ -24,7 +24,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"torch {env.get('torch')} (CUDA {env.get('torch_cuda') or '-'}), diffusers {env.get('diffusers')}, "
         f"Python {env.get('python')}.",
         f"Model {s.get('model')} ({s.get('dtype')}, random weights), {s.get('width')}x{s.get('height')}, "
-        f"frames {s.get('frames')}; {s.get('timed_steps')} steps timed per run, the first dropped.",
+        f"frames {', '.join(str(f) for f in s.get('frames', ()))}; {s.get('timed_steps')} steps timed per run, "
+        "the first dropped.",
         "",
         "## Parts",
         "",
