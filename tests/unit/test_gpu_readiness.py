@@ -251,3 +251,14 @@ def test_from_pretrained_loads_in_the_target_dtype(tmp_path, tiny_model):
     tiny_model.pipe.save_pretrained(tmp_path)
     model = load_model(str(tmp_path), "bf16", "cpu")
     assert model.pipe.unet.dtype == torch.bfloat16 and model.pipe.vae.dtype == torch.bfloat16
+
+
+def test_cli_takes_a_decode_chunk_size_or_auto(capsys):
+    from svdpipe.cli import build_parser
+
+    parse = build_parser().parse_args
+    assert parse(["generate", "--out", "x.mp4", "--decode-chunk-size", "2"]).decode_chunk_size == 2
+    assert parse(["generate", "--out", "x.mp4", "--decode-chunk-size", "auto"]).decode_chunk_size == "auto"
+    with pytest.raises(SystemExit):
+        parse(["generate", "--out", "x.mp4", "--decode-chunk-size", "most"])
+    assert "expected 'auto' or a number, got 'most'" in capsys.readouterr().err
