@@ -104,3 +104,21 @@ def max_decode_chunk(budgets: list[tuple[int, int]]) -> int | None:
     if not measured:
         return None
     return min(decode_chunk_for_memory(MAX_DECODE_CHUNK, frame, free) for frame, free in measured)
+
+
+def check_peaks(actors: list[tuple[str, str | None, int, int]], headroom: float = DEFAULT_HEADROOM) -> None:
+    """After warm-up: the actors sharing each GPU, (name, GPU UUID or None, peak bytes, GPU total bytes), can all
+    reach their measured peak (weights + activations) at once; raises ConfigError naming them otherwise."""
+    by_gpu: dict[str, list[tuple[str, int, int]]] = {}
+    for name, uuid, peak, total in actors:
+        if uuid is not None:
+            by_gpu.setdefault(uuid, []).append((name, peak, total))
+    for uuid, group in by_gpu.items():
+        need, total = sum(p for _, p, _ in group), group[0][2]
+        if need > total * headroom:
+            names = ", ".join(f"{n} {p / GIB:.2f} GiB" for n, p, _ in group)
+            raise ConfigError(
+                f"the model actors on GPU {uuid} peak at {need / GIB:.2f} GiB together ({names}) but "
+                f"{headroom:.0%} of its {total / GIB:.2f} GiB is {total * headroom / GIB:.2f} GiB: requests running "
+                "on all of them at once would run out of memory; use fewer actors per GPU"
+            )

@@ -85,6 +85,7 @@ class DeviceReport:
     peak_bytes: int  # the warm-up's peak allocation (torch.cuda.max_memory_allocated)
     decode_frame_bytes: int  # the VAE decode's peak beyond the state, per frame decoded at once
     free_bytes: int  # what a decode on this actor may count on: its share of the device's free memory
+    total_bytes: int = 0  # the device's memory
 
 
 @dataclass(frozen=True)
@@ -204,16 +205,16 @@ class ModelWorker:
         import torch
 
         dev = self.model.device
-        uuid, free = None, 0
+        uuid, free, total = None, 0, 0
         if dev.type == "cuda":
             index = dev.index if dev.index is not None else torch.cuda.current_device()
             uuid = str(torch.cuda.get_device_properties(index).uuid)
-            device_free, _ = torch.cuda.mem_get_info(index)
+            device_free, total = torch.cuda.mem_get_info(index)
             cached = torch.cuda.memory_reserved(index) - torch.cuda.memory_allocated(index)
             sharing = _copies_here(self.config)
             free = cached + device_free // sharing  # actors sharing the GPU may decode at the same time
         return DeviceReport(
-            self.spec.name, str(dev), uuid, self._weight_bytes, self._peak_bytes, self._decode_frame_bytes, free
+            self.spec.name, str(dev), uuid, self._weight_bytes, self._peak_bytes, self._decode_frame_bytes, free, total
         )
 
     def run(

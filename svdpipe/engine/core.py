@@ -42,7 +42,7 @@ from svdpipe.errors import (
     SvdpipeError,
 )
 from svdpipe.latency import SplitPlan, plan_cfg_split, split_work
-from svdpipe.memory import max_decode_chunk
+from svdpipe.memory import check_peaks, max_decode_chunk
 from svdpipe.models import model_spec
 from svdpipe.parareal import PararealStats
 from svdpipe.placement import ActorSpec, actor_layout, bundles, check_devices, choose_transport, mux_layout
@@ -300,10 +300,12 @@ class Engine:
         return measured
 
     async def _check_devices(self) -> None:
-        """The actors' devices suit the transport (CUDA IPC: one physical GPU), and the largest decode chunk
-        their free memory holds, for requests that leave decode_chunk_size to 'auto'."""
+        """The actors' devices suit the transport (CUDA IPC: one physical GPU), the actors sharing a GPU fit at
+        their warm-up peaks together, and the largest decode chunk their free memory holds, for requests that
+        leave decode_chunk_size to 'auto'."""
         reports = await asyncio.gather(*[a.device_report.remote() for a in self._actors])
         check_devices(self.transport, [r.name for r in reports], [r.uuid for r in reports])
+        check_peaks([(r.name, r.uuid, r.peak_bytes, r.total_bytes) for r in reports])
         self.max_decode_chunk = max_decode_chunk([(r.decode_frame_bytes, r.free_bytes) for r in reports])
         if self.max_decode_chunk is not None:
             logger.info("decode chunks of up to %d frames fit the actors' free memory", self.max_decode_chunk)

@@ -262,3 +262,11 @@ def test_cli_takes_a_decode_chunk_size_or_auto(capsys):
     with pytest.raises(SystemExit):
         parse(["generate", "--out", "x.mp4", "--decode-chunk-size", "most"])
     assert "expected 'auto' or a number, got 'most'" in capsys.readouterr().err
+
+
+def test_actors_sharing_a_gpu_must_fit_at_their_peaks_together():
+    memory.check_peaks([("m0", "GPU-a", 4 * GIB, 10 * GIB), ("m1", "GPU-a", 5 * GIB, 10 * GIB)], headroom=0.9)
+    memory.check_peaks([("m0", "GPU-a", 6 * GIB, 10 * GIB), ("m1", "GPU-b", 6 * GIB, 10 * GIB)])  # one each
+    memory.check_peaks([("m0", None, 0, 0), ("m1", None, 0, 0)])  # CPU actors
+    with pytest.raises(ConfigError, match=r"peak at 9.50 GiB together \(m0 4.50 GiB, m1 5.00 GiB\)"):
+        memory.check_peaks([("m0", "GPU-a", int(4.5 * GIB), 10 * GIB), ("m1", "GPU-a", 5 * GIB, 10 * GIB)])
