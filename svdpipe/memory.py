@@ -108,7 +108,9 @@ def max_decode_chunk(budgets: list[tuple[int, int]]) -> int | None:
 
 def check_peaks(actors: list[tuple[str, str | None, int, int]], headroom: float = DEFAULT_HEADROOM) -> None:
     """After warm-up: the actors sharing each GPU, (name, GPU UUID or None, peak bytes, GPU total bytes), can all
-    reach their measured peak (weights + activations) at once; raises ConfigError naming them otherwise."""
+    reach their measured peak (weights + the UNet's activations) at once; raises ConfigError naming them
+    otherwise. Decoding is left out: its chunk size is chosen from the memory that is free
+    (decode_chunk_for_memory)."""
     by_gpu: dict[str, list[tuple[str, int, int]]] = {}
     for name, uuid, peak, total in actors:
         if uuid is not None:

@@ -82,7 +82,7 @@ class DeviceReport:
     device: str
     uuid: str | None  # the GPU's UUID (torch.cuda.get_device_properties(i).uuid); None on the CPU
     weight_bytes: int  # allocated after loading, before any request
-    peak_bytes: int  # the warm-up's peak allocation (torch.cuda.max_memory_allocated)
+    peak_bytes: int  # the warm-up's peak allocation up to decoding (torch.cuda.max_memory_allocated)
     decode_frame_bytes: int  # the VAE decode's peak beyond the state, per frame decoded at once
     free_bytes: int  # what a decode on this actor may count on: its share of the device's free memory
     total_bytes: int = 0  # the device's memory
@@ -165,20 +165,21 @@ class ModelWorker:
         clock = device_clock(self.model.device)
         dev = self.model.device
         with self._lock:
-            _reset_peak(dev)
             for _ in range(2):
+                _reset_peak(dev)
                 t0 = clock()
                 state = stages.encode(self.model, load_image(image_png), params, "warmup", "npy")
                 t1 = clock()
                 state = stages.denoise(self.model, state, range(params.num_inference_steps))
                 t2 = clock()
-                before_decode, peak_so_far = _allocated(dev), _peak(dev)
+                before_decode, denoise_peak = _allocated(dev), _peak(dev)
                 _reset_peak(dev)
                 stages.decode(self.model, state)
                 t3 = clock()
-                decode_peak = _peak(dev)
-                self._decode_frame_bytes = max(0, decode_peak - before_decode) // params.decode_chunk_size
-                self._peak_bytes = max(peak_so_far, decode_peak)
+                # Weights + the UNet's activations: what every request reaches. The decode's peak is per frame,
+                # for choosing decode chunks that fit (memory.decode_chunk_for_memory).
+                self._peak_bytes = denoise_peak
+                self._decode_frame_bytes = max(0, _peak(dev) - before_decode) // params.decode_chunk_size
             if params.do_classifier_free_guidance:  # the batch-of-one call the owner's half of a CFG split makes
                 stages.predict_half(self.model, state, state.latents, 0, 1)
             self.idle_since = time.time()
