@@ -41,7 +41,7 @@ def main() -> None:
     for n in args.blocks:
         blocks = partition_steps(args.steps, n)
         for seed in args.seeds:
-            params = resolve_params(VideoParams(num_inference_steps=args.steps, seed=seed), model.spec, n)
+            params = resolve_params(VideoParams(num_inference_steps=args.steps, seed=seed), model.spec)
             state = stages.encode(model, image, params, "tiny")
             serial = state
             for block in blocks:

@@ -1,4 +1,4 @@
-"""The `svdpipe` command: generate, serve, bench, export-model. Heavy imports stay inside commands."""
+"""The `svdpipe` command: generate, serve, bench, gpu-check, export-model. Heavy imports stay inside commands."""
 
 from __future__ import annotations
 
@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     from svdpipe.bench import add_bench_parser
 
     add_bench_parser(sub)
+    from svdpipe.gpucheck import add_gpu_check_parser
+
+    add_gpu_check_parser(sub)
 
     exp = sub.add_parser("export-model", help="save a built-in model as a diffusers directory")
     exp.add_argument("--model", default="tiny", choices=["tiny", "random-full", "random-full-xt"])
@@ -71,6 +74,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from svdpipe.bench import run_bench_command
 
             return run_bench_command(args)
+        if args.command == "gpu-check":
+            from svdpipe.gpucheck import run_gpu_check_command
+
+            return run_gpu_check_command(args)
     except (SvdpipeError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
         print(f"svdpipe: error: {describe_validation_error(exc)}", file=sys.stderr)
         return 2

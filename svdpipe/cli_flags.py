@@ -17,9 +17,31 @@ def _flag_type(annotation: Any) -> tuple[Any, Sequence[str] | None]:
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType) and len(args) == 1:
         return _flag_type(args[0])
+    if origin in (typing.Union, types.UnionType) and len(args) == 2:  # e.g. int | Literal["auto"]
+        literal = next((a for a in args if typing.get_origin(a) is typing.Literal), None)
+        other = next((a for a in args if a is not literal), None)
+        if literal is not None and other in (int, float):
+            return _literal_or(typing.get_args(literal), other), None
     if origin is typing.Literal:
         return str, [str(a) for a in typing.get_args(annotation)]
     return annotation, None
+
+
+def _literal_or(words: tuple[Any, ...], kind: type) -> Any:
+    """An argparse type taking one of `words` or a `kind` number."""
+
+    def parse(text: str) -> Any:
+        if text in words:
+            return text
+        try:
+            return kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected {' or '.join(map(repr, words))} or a number, got {text!r}"
+            ) from None
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
 
 
 def add_model_flags(

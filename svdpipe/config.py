@@ -22,7 +22,9 @@ class VideoParams(BaseModel):
     """One image-to-video request's knobs, named and defaulted as in diffusers' StableVideoDiffusionPipeline.
 
     `None` means "the model's default" (height/width from the UNet sample size, num_frames from the UNet
-    config, decode_chunk_size = num_frames), exactly as diffusers resolves them.
+    config, decode_chunk_size = num_frames), exactly as diffusers resolves them; except that on GPU actors an
+    unset decode_chunk_size means 'auto': the largest chunk the decoding actors' free memory holds (recorded in
+    the resolved parameters, since the chunk size changes the frames).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -36,7 +38,10 @@ class VideoParams(BaseModel):
     fps: int = Field(7, ge=1, le=240, description="Frames per second; SVD is conditioned on fps - 1.")
     motion_bucket_id: int = Field(127, ge=0, le=1023, description="Amount of motion (higher moves more).")
     noise_aug_strength: float = Field(0.02, ge=0.0, le=10.0, description="Noise added to the input image.")
-    decode_chunk_size: int | None = Field(None, ge=1, le=256, description="Frames decoded at once by the VAE.")
+    decode_chunk_size: int | Literal["auto"] | None = Field(
+        None,
+        description="Frames decoded at once by the VAE (1-256); 'auto' (the default on GPUs): the most that fit.",
+    )
     seed: int | None = Field(
         None,
         ge=0,
@@ -46,6 +51,9 @@ class VideoParams(BaseModel):
 
     @model_validator(mode="after")
     def _guidance_order(self) -> VideoParams:
+        chunk = self.decode_chunk_size
+        if isinstance(chunk, int) and not 1 <= chunk <= 256:
+            raise ValueError(f"decode_chunk_size must be 'auto' or from 1 to 256, got {chunk}")
         if self.min_guidance_scale > self.max_guidance_scale:
             raise ValueError(
                 f"min_guidance_scale ({self.min_guidance_scale}) must not exceed "
@@ -139,6 +147,11 @@ class EngineConfig(BaseModel):
             raise ValueError(
                 "transport 'nccl' needs one GPU per actor; actors sharing a GPU use 'cuda_ipc' (or 'auto')"
             )
+        if self.transport == "gloo" and self.num_gpus_per_actor > 0:
+            raise ValueError(
+                "transport 'gloo' moves CPU tensors only; GPU actors use 'nccl' (one GPU each), 'cuda_ipc' "
+                "(sharing a GPU), 'object_store' or 'auto'"
+            )
         if self.device == "cuda" and self.num_gpus_per_actor == 0:
             raise ValueError("device 'cuda' needs num_gpus_per_actor > 0")
         if self.step_weights is not None and any(w <= 0 for w in self.step_weights):
@@ -169,9 +182,17 @@ class ResolvedParams(BaseModel):
         return self.max_guidance_scale > 1
 
 
-def resolve_params(params: VideoParams, spec: ModelSpec, max_video_pixels: int | None = None) -> ResolvedParams:
+def resolve_params(
+    params: VideoParams,
+    spec: ModelSpec,
+    max_video_pixels: int | None = None,
+    max_decode_chunk: int | None = None,
+) -> ResolvedParams:
     """Fill model defaults, pick a random seed if none, and check what depends on the model (limits.py) and,
-    when given, this deployment's cap on num_frames x height x width."""
+    when given, this deployment's cap on num_frames x height x width.
+
+    `max_decode_chunk` is the largest decode chunk the GPU actors' memory holds (memory.max_decode_chunk; None
+    on CPU actors): an unset or 'auto' decode_chunk_size becomes min(num_frames, it), else num_frames."""
     import secrets
 
     from svdpipe.limits import check_request
@@ -184,9 +205,15 @@ def resolve_params(params: VideoParams, spec: ModelSpec, max_video_pixels: int |
         height=height,
         width=width,
         num_frames=num_frames,
-        decode_chunk_size=params.decode_chunk_size or num_frames,
+        decode_chunk_size=_decode_chunk(params.decode_chunk_size, num_frames, max_decode_chunk),
         seed=params.seed if params.seed is not None else secrets.randbelow(2**63),
     )
     resolved = ResolvedParams(**values)
     check_request(resolved, spec, max_video_pixels)
     return resolved
+
+
+def _decode_chunk(asked: int | Literal["auto"] | None, num_frames: int, max_decode_chunk: int | None) -> int:
+    if isinstance(asked, int):
+        return asked
+    return num_frames if max_decode_chunk is None else max(1, min(num_frames, max_decode_chunk))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,8 +76,9 @@ class SVDModel:
     spec: ModelSpec
     device: torch.device
     dtype: torch.dtype
-    # An fp32 copy of the VAE for encoding when the VAE runs in fp16 but must upcast to encode (force_upcast,
-    # as SVD's does); None: encode with pipe.vae. A copy, so no request ever changes the shared VAE's dtype.
+    # An fp32 copy of the VAE's encoder half (no decoder) for encoding when the VAE runs in fp16 but must upcast
+    # to encode (force_upcast, as SVD's does); None: encode with pipe.vae. A copy, so no request ever changes
+    # the shared VAE's dtype; without the decoder, so the copy costs the encoder's weights only.
     encode_vae: Any = None
 
 
@@ -106,9 +108,9 @@ def load_model(model: str, dtype: str = "fp32", device: str = "auto", parts: Col
     if source == "built-in":
         pipe = build_random_pipeline(model, needed)
     elif source == "directory":
-        pipe = _from_pretrained(model, needed, source=f"directory {model}")
+        pipe = _from_pretrained(model, needed, dt, source=f"directory {model}")
     else:
-        pipe = _from_pretrained(model, needed, source=f"hub id {model!r}")
+        pipe = _from_pretrained(model, needed, dt, source=f"hub id {model!r}")
     unet_config = _unet_config(pipe, model)
     spec = ModelSpec.from_configs(unet_config, pipe.vae.config if pipe.vae is not None else _vae_config(model))
     pipe.to(device=dev, dtype=dt)
@@ -116,9 +118,7 @@ def load_model(model: str, dtype: str = "fp32", device: str = "auto", parts: Col
         pipe.unet.eval()
     encode_vae = None
     if "encoder" in parts and pipe.vae is not None and dt == torch.float16 and pipe.vae.config.force_upcast:
-        import copy
-
-        encode_vae = copy.deepcopy(pipe.vae).to(dtype=torch.float32)
+        encode_vae = encoder_copy(pipe.vae)
     return SVDModel(pipe=pipe, unet_config=unet_config, spec=spec, device=dev, dtype=dt, encode_vae=encode_vae)
 
 
@@ -186,12 +186,32 @@ def build_random_pipeline(name: str, components: Collection[str] | None = None) 
     )
 
 
-def _from_pretrained(name: str, needed: set[str], source: str) -> StableVideoDiffusionPipeline:
+def encoder_copy(vae: Any) -> Any:
+    """An fp32 copy of `vae` without its decoder: what diffusers' upcast encode runs (encoder + quant_conv),
+    for a fraction of the whole VAE's weights."""
+    import copy
+
+    import torch
+
+    decoder = vae.decoder
+    vae.decoder = None  # not copied; restored below
+    try:
+        encoder_only = copy.deepcopy(vae)
+    finally:
+        vae.decoder = decoder
+    return encoder_only.to(dtype=torch.float32)
+
+
+def _from_pretrained(name: str, needed: set[str], dtype: torch.dtype, source: str) -> StableVideoDiffusionPipeline:
     from diffusers import StableVideoDiffusionPipeline
 
     skip = {c: None for c in ("unet", "vae", "image_encoder") if c not in needed}
     try:
-        return StableVideoDiffusionPipeline.from_pretrained(name, **skip)
+        # Loaded in the target dtype: never an fp32 copy of the weights in host memory per actor. `torch_dtype`
+        # is what every diffusers >= 0.35 takes; newer ones also take `dtype` and warn about the old name.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*torch_dtype.*deprecated", category=FutureWarning)
+            return StableVideoDiffusionPipeline.from_pretrained(name, torch_dtype=dtype, **skip)
     except Exception as exc:  # diffusers/hub raise many types; the user needs one clear line
         hint = "" if Path(name).is_dir() else " (no network access to the hub? use a local directory instead)"
         raise ModelLoadError(f"could not load SVD from {source}: {type(exc).__name__}: {exc}{hint}") from exc
@@ -220,3 +240,80 @@ def _load_sub_config(model: str, sub: str) -> dict[str, Any]:
         return dict(cls.load_config(model, subfolder=sub))
     except Exception as exc:
         raise ModelLoadError(f"could not read the {sub} config of {model!r}: {exc}") from exc
+
+
+_WEIGHT_DIRS = ("unet", "vae", "image_encoder")
+
+
+def weight_bytes(model: str, dtype: str) -> int | None:
+    """Bytes of one copy's weights (UNet, VAE, CLIP; plus the fp32 VAE encoder copy an fp16 model keeps) in
+    `dtype`, counted without loading: built-in models from their architecture on torch's meta device, local
+    directories from their safetensors headers; None when unknown (a hub id, or .bin weights)."""
+
+    size = torch_dtype(dtype).itemsize
+    source = model_source(model)
+    if source == "built-in":
+        counts = _built_in_counts(model)
+    elif source == "directory":
+        counts = _safetensors_counts(Path(model).expanduser())
+        if counts is None:
+            return None
+    else:
+        return None
+    total = (counts["unet"] + counts["vae"] + counts["image_encoder"]) * size
+    vae_cfg = _vae_config(model)
+    if dtype == "fp16" and vae_cfg.get("force_upcast", True):
+        total += counts["vae_encoder"] * 4
+    return total
+
+
+def _built_in_counts(name: str) -> dict[str, int]:
+    import torch
+    from diffusers import AutoencoderKLTemporalDecoder, UNetSpatioTemporalConditionModel
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    from svdpipe.architectures import ARCHITECTURES
+
+    unet_cfg, vae_cfg, clip_cfg = ARCHITECTURES[name]
+    with torch.device("meta"):
+        vae = AutoencoderKLTemporalDecoder(**vae_cfg)
+        parts = {
+            "unet": UNetSpatioTemporalConditionModel(**unet_cfg),
+            "vae": vae,
+            "image_encoder": CLIPVisionModelWithProjection(CLIPVisionConfig(**clip_cfg)),
+        }
+        counts = {k: _elements(m) for k, m in parts.items()}
+    counts["vae_encoder"] = _elements(vae.encoder) + _elements(vae.quant_conv)
+    return counts
+
+
+def _elements(module: Any) -> int:
+    """Elements of the weights a checkpoint holds (parameters and persistent buffers)."""
+    return sum(t.numel() for t in module.state_dict().values())
+
+
+def _safetensors_counts(path: Path) -> dict[str, int] | None:
+    """Elements per component from the safetensors headers (8-byte length + JSON), without reading tensors."""
+    import json
+    import math
+    import struct
+
+    counts: dict[str, int] = {"vae_encoder": 0}
+    for sub in _WEIGHT_DIRS:
+        files = [f for f in sorted((path / sub).glob("*.safetensors")) if ".fp16." not in f.name]
+        files = files or sorted((path / sub).glob("*.safetensors"))
+        if not files:
+            return None
+        counts[sub] = 0
+        for f in files:
+            with f.open("rb") as fh:
+                (length,) = struct.unpack("<Q", fh.read(8))
+                header = json.loads(fh.read(length))
+            for key, info in header.items():
+                if key == "__metadata__":
+                    continue
+                n = math.prod(info["shape"])
+                counts[sub] += n
+                if sub == "vae" and key.startswith(("encoder.", "quant_conv.")):
+                    counts["vae_encoder"] += n
+    return counts

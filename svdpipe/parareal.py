@@ -11,7 +11,8 @@ where all F_n of one iteration are independent (one per stage actor, in parallel
 first k blocks are the serial result exactly: U^k_k = F_k(U^{k-1}_{k-1}) from an exact input. This module
 uses that structurally (blocks n < k are carried over, U^k_k takes F's value with no correction added), so at
 k = N the final latents are the serial ones to the bit, not merely up to rounding of F + G - G. The
-correction is formed as (G_new - G_old) before it is added, so it is exactly zero where the inputs agree.
+correction is formed as (G_new - G_old) before it is added, so it is exactly zero where the inputs agree, and in
+float32 whatever the latents' dtype (`correct`).
 
 Stopping: after iteration k, `change` is the max absolute difference between U^k_N and U^{k-1}_N (final
 latents, latent units, before decoding). Stop when k = N (exact), when tol > 0 and change <= tol, or at
@@ -88,8 +89,7 @@ async def parareal(
             return await (fine if kind == "fine" else coarse)(n, value)
 
     async def corrected(f: asyncio.Future, g_new: asyncio.Future, g_old: asyncio.Future) -> torch.Tensor:
-        f_val, g_new_val, g_old_val = await f, await g_new, await g_old
-        return f_val + (g_new_val - g_old_val)
+        return correct(await f, await g_new, await g_old)
 
     if n_blocks == 1:  # nothing to parallelise: the fine solve is the serial solve
         counts.update(fine=1, evals=len(blocks[0]))
@@ -132,7 +132,7 @@ async def parareal(
         changes: list[float] = []
         for k in range(1, limit + 1):
             final = await u[k][n_blocks]
-            change = float((final - previous).abs().max())
+            change = float((final.float() - previous.float()).abs().max())
             changes.append(change)
             exact = k == n_blocks
             if exact or (tol > 0 and change <= tol) or k == limit:
@@ -145,6 +145,14 @@ async def parareal(
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def correct(fine: torch.Tensor, g_new: torch.Tensor, g_old: torch.Tensor) -> torch.Tensor:
+    """The parareal update F + (G_new - G_old), computed in float32 whatever the solves' dtype (fp16 on a GPU,
+    where the difference of two nearby coarse solves would lose most of its digits), then returned in F's dtype.
+    Where G_new equals G_old the correction is exactly zero and F comes back unchanged."""
+    out = fine.float() + (g_new.float() - g_old.float())
+    return out.to(fine.dtype)
 
 
 class _BlockGate:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -72,3 +73,21 @@ def choose_transport(config: EngineConfig, gpus_available: float | None = None) 
     if gpus > 0:
         return "cuda_ipc"
     return "object_store"
+
+
+def check_devices(transport: ConcreteTransport, names: Sequence[str], uuids: Sequence[str | None]) -> None:
+    """The actors' devices (a GPU's UUID, None for the CPU) suit `transport`: CUDA IPC maps one device's memory
+    into another process, so every actor must be on the same physical GPU (a fractional bundle on a multi-GPU
+    node may land on any of them); NCCL needs GPU actors. Raises ConfigError naming where each actor runs."""
+    if len(names) != len(uuids):
+        raise ValueError("one device UUID per actor")
+    if transport not in ("cuda_ipc", "nccl"):
+        return
+    where = ", ".join(f"{n} on {u or 'the CPU'}" for n, u in zip(names, uuids, strict=True))
+    if any(u is None for u in uuids):
+        raise ConfigError(f"transport {transport!r} needs every model actor on a GPU: {where}")
+    if transport == "cuda_ipc" and len(set(uuids)) > 1:
+        raise ConfigError(
+            f"transport 'cuda_ipc' needs every model actor on one physical GPU, but they are spread over "
+            f"{len(set(uuids))}: {where}. Use 'nccl' with one GPU per actor, 'object_store', or a node with one GPU"
+        )

@@ -14,7 +14,7 @@ import numpy as np
 import PIL.Image
 import torch
 
-from svdpipe import sampler
+from svdpipe import device, sampler
 from svdpipe.config import ResolvedParams
 from svdpipe.images import clip_ready
 from svdpipe.models import SVDModel
@@ -22,8 +22,9 @@ from svdpipe.state import RequestState
 
 StepCallback = Callable[[int], None]
 Half = Literal[0, 1]  # a guidance half: 0 unconditional, 1 conditional (the row order of the CFG batch)
-# Starts the conditional half's prediction for (latents, step) elsewhere and returns a function that waits for
-# it; the wait gives None when the helper declined (it had other work), and this process computes that half.
+# Starts the conditional half's prediction for (latents, step) elsewhere (the latents in host memory) and returns
+# a function that waits for it; the wait gives None when the helper declined (it had other work), and this
+# process computes that half.
 HalfFuture = Callable[[torch.Tensor, int], Callable[[], torch.Tensor | None]]
 
 
@@ -129,6 +130,8 @@ def denoise(
     # diffusers' scheduler, so the arithmetic below is the same to the bit.
     sigmas = torch.tensor(state.sigmas, dtype=torch.float32)
     timesteps = torch.tensor(state.timesteps, dtype=torch.float32, device=model.device)
+    # Kernels are queued asynchronously on a GPU: a step is reported once its work has finished.
+    done = device.step_reporter(on_step, model.device)
     for i in steps:
         sigma = sigmas[i]
         model_input = torch.cat([latents] * 2) if do_cfg else latents
@@ -136,8 +139,10 @@ def denoise(
         if do_cfg:
             noise_pred = sampler.apply_guidance(noise_pred, state.guidance_scale)
         latents = sampler.euler_step(noise_pred, latents, sigma, sigmas[i + 1], state.prediction_type)
-        if on_step is not None:
-            on_step(i)
+        if done is not None:
+            done.queued(i)
+    if done is not None:
+        done.flush()
     return state.advanced(latents, steps.stop)
 
 
@@ -185,10 +190,19 @@ def denoise_split(
     latents = state.latents
     sigmas = torch.tensor(state.sigmas, dtype=torch.float32)
     timesteps = torch.tensor(state.timesteps, dtype=torch.float32, device=model.device)
+    done = device.step_reporter(on_step, model.device)
+    owner_first = device.launch_owner_half_first(model.device)
     for i in steps:
-        # 1. the helper starts on the conditional half before this process starts on its own
-        wait_cond = other_half(latents, i)
-        uncond = _predict(model, state, latents, i, timesteps, slice(0, 1))
+        # 1. both halves start before either is awaited: on a GPU the owner queues its half first and the
+        # latents go to the helper from a side-stream copy meanwhile; on the CPU, where the owner's half runs
+        # to completion when called, the helper gets the latents first
+        host_latents = device.host_copy(latents)
+        if owner_first:
+            uncond = _predict(model, state, latents, i, timesteps, slice(0, 1))
+            wait_cond = other_half(host_latents(), i)
+        else:
+            wait_cond = other_half(host_latents(), i)
+            uncond = _predict(model, state, latents, i, timesteps, slice(0, 1))
         cond = wait_cond()
         if cond is None:  # the same batch-of-one call here, so the result does not depend on who computed it
             cond = _predict(model, state, latents, i, timesteps, slice(1, 2))
@@ -196,8 +210,10 @@ def denoise_split(
         # 2. the same guidance and Euler update as the unsplit path
         noise_pred = sampler.guide(uncond, cond, state.guidance_scale)
         latents = sampler.euler_step(noise_pred, latents, sigmas[i], sigmas[i + 1], state.prediction_type)
-        if on_step is not None:
-            on_step(i)
+        if done is not None:
+            done.queued(i)
+    if done is not None:
+        done.flush()
     return state.advanced(latents, steps.stop)
 
 

@@ -76,6 +76,20 @@ class EncodedVideo:
 
 
 @dataclass(frozen=True)
+class DeviceReport:
+    """Where a model actor runs and what its memory looked like at warm-up (bytes; zeros on the CPU)."""
+
+    name: str
+    device: str
+    uuid: str | None  # the GPU's UUID (torch.cuda.get_device_properties(i).uuid); None on the CPU
+    weight_bytes: int  # allocated after loading, before any request
+    peak_bytes: int  # the warm-up's peak allocation up to decoding (torch.cuda.max_memory_allocated)
+    decode_frame_bytes: int  # the VAE decode's peak beyond the state, per frame decoded at once
+    free_bytes: int  # what a decode on this actor may count on: its share of the device's free memory
+    total_bytes: int = 0  # the device's memory
+
+
+@dataclass(frozen=True)
 class PhaseCosts:
     """Seconds one actor measured for each phase (for the planner's cost model)."""
 
@@ -113,6 +127,7 @@ class ModelWorker:
             torch.set_num_threads(config.torch_threads)
         self.config, self.spec, self.fresh_tensors = config, spec, fresh_tensors
         self.progress = progress  # reports each finished step and call, without waiting (svdpipe/reporting.py)
+        _check_fit_before_loading(config)
         self.model = load_model(config.model, config.dtype, config.device)
         costs = SimulatedCosts.from_config(config)
         install_stand_ins(self.model, costs)
@@ -122,6 +137,8 @@ class ModelWorker:
         # receive the next calls while one computes (svdpipe/gate.py).
         self._gate = PriorityGate()
         self._helping: dict[str, RequestState] = {}  # conditioning of the ranges this actor helps with
+        self._weight_bytes = _allocated(self.model.device)
+        self._peak_bytes = self._decode_frame_bytes = 0
         _quiet_zero_copy_warnings()
         self.idle_since = time.time()
         logger.info("%s ready on %s", spec.name, self.model.device)
@@ -146,19 +163,60 @@ class ModelWorker:
         from svdpipe.profile import device_clock
 
         clock = device_clock(self.model.device)
+        dev = self.model.device
         with self._gate.hold(0.0):
             for _ in range(2):
+                _reset_peak(dev)
                 t0 = clock()
                 state = stages.encode(self.model, load_image(image_png), params, "warmup", "npy")
                 t1 = clock()
                 state = stages.denoise(self.model, state, range(params.num_inference_steps))
                 t2 = clock()
+                before_decode, denoise_peak = _allocated(dev), _peak(dev)
+                _reset_peak(dev)
                 stages.decode(self.model, state)
                 t3 = clock()
-            if params.do_classifier_free_guidance:  # the batch-of-one call a CFG-split half makes
+                # Weights + the UNet's activations: what every request reaches. The decode's peak is per frame,
+                # for choosing decode chunks that fit (memory.decode_chunk_for_memory).
+                self._peak_bytes = denoise_peak
+                self._decode_frame_bytes = max(0, _peak(dev) - before_decode) // params.decode_chunk_size
+            if params.do_classifier_free_guidance:  # the batch-of-one call the owner's half of a CFG split makes
                 stages.predict_half(self.model, state, state.latents, 0, 1)
             self.idle_since = time.time()
         return PhaseCosts(t1 - t0, (t2 - t1) / params.num_inference_steps, (t3 - t2) / params.num_frames)
+
+    def warm_half(self, image_png: bytes, params: ResolvedParams) -> None:
+        """Warm the batch-of-one UNet call on the thread that calls this: the engine sends it to the "help"
+        concurrency group, whose thread computes a helper's CFG halves (torch.compile's CUDA-graph trees are per
+        thread, so warming on the default thread would leave the first split request to compile)."""
+        from svdpipe import stages
+        from svdpipe.images import load_image
+
+        if not params.do_classifier_free_guidance:
+            return
+        with self._gate.hold(0.0):
+            state = stages.encode(self.model, load_image(image_png), params, "warmup", "npy")
+            for _ in range(2):
+                stages.predict_half(self.model, state, state.latents, 0, 1)
+            wall_clock_of(self.model.device)()
+            self.idle_since = time.time()
+
+    def device_report(self) -> DeviceReport:
+        """Where this actor runs and its memory figures from warm-up (for the engine's device checks)."""
+        import torch
+
+        dev = self.model.device
+        uuid, free, total = None, 0, 0
+        if dev.type == "cuda":
+            index = dev.index if dev.index is not None else torch.cuda.current_device()
+            uuid = str(torch.cuda.get_device_properties(index).uuid)
+            device_free, total = torch.cuda.mem_get_info(index)
+            cached = torch.cuda.memory_reserved(index) - torch.cuda.memory_allocated(index)
+            sharing = _copies_here(self.config)
+            free = cached + device_free // sharing  # actors sharing the GPU may decode at the same time
+        return DeviceReport(
+            self.spec.name, str(dev), uuid, self._weight_bytes, self._peak_bytes, self._decode_frame_bytes, free, total
+        )
 
     def run(
         self, item: EncodeRequest | RequestState, call: ActorCall, exchange: Any = None, host: bool = False
@@ -195,8 +253,8 @@ class ModelWorker:
             return None, 0.0
         try:
             started = time.time()
-            out = stages.predict_half(self.model, state, latents, i, 1)
-            return out.cpu(), time.time() - started  # host memory: see engine/exchange.py
+            out = stages.predict_half(self.model, state, latents, i, 1).cpu()  # waits for the device
+            return out, time.time() - started  # host memory: see engine/exchange.py
         finally:
             self._gate.release()
 
@@ -221,7 +279,10 @@ class ModelWorker:
         from svdpipe import stages
         from svdpipe.images import load_image
 
-        started = time.time()
+        # Trace times are read after the device has finished the work they time (kernels run asynchronously on
+        # a GPU): one synchronise per phase boundary of a call, none per step.
+        clock = wall_clock_of(self.model.device)
+        started = time.time()  # the previous call's work was finished before its trace ended
         codec_s = 0.0
         # 1. encode
         if call.encode:
@@ -230,7 +291,7 @@ class ModelWorker:
             state = stages.encode(
                 self.model, load_image(item.image_png), item.params, item.request_id, item.output_format
             )
-            codec_s = time.time() - started
+            codec_s = clock() - started
         elif isinstance(item, RequestState):
             state = item
         else:
@@ -249,10 +310,10 @@ class ModelWorker:
         # 3. decode this call's frame chunks (diffusers' chunks, so they equal the whole decode's frames)
         result: RequestState | DecodedFrames
         if call.decode:
-            decode_start = time.time()
+            decode_start = clock()
             fmt = state.output_format
             chunks = tuple((a, _for_format(stages.decode(self.model, state, (a, b)), fmt)) for a, b in call.decode)
-            finished = time.time()
+            finished = time.time()  # the frames are numpy arrays: the device is done
             codec_s += finished - decode_start
             entry = StageTrace(self.spec.name, started, finished, self.idle_since, steps, codec_s, **split)
             result = DecodedFrames(
@@ -265,10 +326,66 @@ class ModelWorker:
                 entry,  # type: ignore[arg-type]
             )
         else:
-            entry = StageTrace(self.spec.name, started, time.time(), self.idle_since, steps, codec_s, **split)
+            entry = StageTrace(self.spec.name, started, clock(), self.idle_since, steps, codec_s, **split)
             result = state.traced(entry).fresh() if self.fresh_tensors else state.traced(entry)
         self.idle_since = time.time()
         return result
+
+
+def wall_clock_of(device: Any) -> Any:
+    from svdpipe.device import wall_clock
+
+    return wall_clock(device)
+
+
+def _copies_here(config: EngineConfig) -> int:
+    from svdpipe.memory import copies_per_gpu
+
+    return copies_per_gpu(config.num_gpus_per_actor, config.num_stages)
+
+
+def _check_fit_before_loading(config: EngineConfig) -> None:
+    """Refuse to load when the model copies that share this GPU cannot fit: all of their weights in the
+    device's total memory, and this copy's in what is free now. (The actors sharing a GPU load at the same
+    time, so the free memory may already hold some of their copies: all N against it would refuse layouts that
+    fit.) Activations are checked from the warm-up's measured peaks (DeviceReport, engine start)."""
+    import torch
+
+    from svdpipe.memory import check_fit
+    from svdpipe.models import resolve_device, weight_bytes
+
+    if config.num_gpus_per_actor <= 0 or config.simulate_step_ms is not None:
+        return
+    dev = resolve_device(config.device)
+    if dev.type != "cuda":
+        return
+    weights = weight_bytes(config.model, config.dtype)
+    if weights is None:
+        logger.info("weights of %s not countable before loading: no fit check", config.model)
+        return
+    free, total = torch.cuda.mem_get_info(dev.index if dev.index is not None else torch.cuda.current_device())
+    check_fit(weights, 0, _copies_here(config), total)
+    check_fit(weights, 0, 1, free)
+
+
+def _allocated(device: Any) -> int:
+    import torch
+
+    return int(torch.cuda.memory_allocated(device)) if torch.device(device).type == "cuda" else 0
+
+
+def _peak(device: Any) -> int:
+    import torch
+
+    return int(torch.cuda.max_memory_allocated(device)) if torch.device(device).type == "cuda" else 0
+
+
+def _reset_peak(device: Any) -> None:
+    import torch
+
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
 
 
 def _for_format(frames: np.ndarray, fmt: str) -> np.ndarray:

@@ -36,9 +36,10 @@ from svdpipe.errors import (
     SvdpipeError,
 )
 from svdpipe.ledger import CallEvent
+from svdpipe.memory import check_peaks, max_decode_chunk
 from svdpipe.models import model_spec
 from svdpipe.parareal import PararealStats
-from svdpipe.placement import ActorSpec, choose_transport
+from svdpipe.placement import ActorSpec, check_devices, choose_transport
 from svdpipe.planner import CALL_S, CostModel, Plan, Planner, RequestShape, choose_costs
 from svdpipe.timing import HopTiming, StageStats
 from svdpipe.worker import EncodedVideo, EncodeRequest, ModelWorker, median_costs
@@ -78,6 +79,7 @@ class Engine:
     ) -> None:
         self.config = config
         self.spec = model_spec(config.model)
+        self.max_decode_chunk: int | None = None  # GPU actors: the largest decode chunk that fits (warm-up)
         self.transport = choose_transport(config)
         self.pool = ActorPool(config, self.transport, placement_group, first_bundle, worker)
         self.planner: Planner | None = None  # built at start, from the phase costs the actors measure
@@ -123,6 +125,7 @@ class Engine:
             await self.pool.start(self._progress.start())
             png, params = self._warmup_request()
             measured = median_costs(await self.pool.warm_up(range(len(self.layout)), png, params))
+            await self._check_devices()
             c = self.config
             costs = choose_costs(
                 CostModel(measured.encode_s, max(measured.step_s, 1e-6), measured.decode_frame_s, CALL_S),
@@ -173,6 +176,17 @@ class Engine:
         params = VideoParams(num_inference_steps=self.config.num_stages, seed=0, max_guidance_scale=2.0)
         return buf.getvalue(), resolve_params(params, self.spec)
 
+    async def _check_devices(self) -> None:
+        """The actors' devices suit the transport (CUDA IPC: one physical GPU), the actors sharing a GPU fit at
+        their warm-up peaks together, and the largest decode chunk their free memory holds, for requests that
+        leave decode_chunk_size to 'auto'."""
+        reports = await self.pool.device_reports()
+        check_devices(self.transport, [r.name for r in reports], [r.uuid for r in reports])
+        check_peaks([(r.name, r.uuid, r.peak_bytes, r.total_bytes) for r in reports])
+        self.max_decode_chunk = max_decode_chunk([(r.decode_frame_bytes, r.free_bytes) for r in reports])
+        if self.max_decode_chunk is not None:
+            logger.info("decode chunks of up to %d frames fit the actors' free memory", self.max_decode_chunk)
+
     async def _warm_chain(self) -> None:
         """One request through every model actor's hops (and a mux actor, and the helpers' exchange in a
         CFG-split mode), so no user request pays for a transport's first use."""
@@ -211,7 +225,7 @@ class Engine:
         if not self._started or self._slots is None:
             raise RequestFailedError("the engine is not running")
         if isinstance(params, VideoParams):
-            params = resolve_params(params, self.spec)
+            params = resolve_params(params, self.spec, self.config.max_video_pixels, self.max_decode_chunk)
         request_id = request_id or uuid.uuid4().hex
         if request_id in self._inflight:
             raise ValueError(f"request {request_id} is already running")
@@ -416,11 +430,13 @@ class Engine:
             try:
                 fresh = await self.pool.rebuild()
                 await self.pool.warm_up(fresh, png, params)
+                await self._check_devices()
                 await self._warm_chain()
             except Exception as exc:
                 logger.warning("rebuild failed (%s); replacing every model actor", short(exc))
                 fresh = await self.pool.replace_all()
                 await self.pool.warm_up(fresh, png, params)
+                await self._check_devices()
                 await self._warm_chain()
             self._generation += 1
             self.rebuilds += 1

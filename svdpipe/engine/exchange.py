@@ -1,10 +1,11 @@
 """The per-step CFG exchange: carried into the owner actor's call, it sends each step's latents to the helper
 actor and brings the helper's conditional half back, over Ray's object store, whatever the hand-off transport.
 
-Tensors cross in host memory (the sender copies them to the CPU, the receiver's stage functions move them to
-its device), so the exchange is correct on every transport by construction: GPU actors never rely on how a
-CUDA tensor pickles. For SVD-XT at 576x1024 that is 1.8 MB fp16 each way per step, a device copy of well under
-a millisecond against a half step of ~380 ms on an H100 (BENCHMARKS.md)."""
+Tensors cross in host memory (the owner's stage function copies the latents to the CPU on a side stream while
+its own half runs, the receiver's stage functions move them to its device), so the exchange is correct on every
+transport by construction: GPU actors never rely on how a CUDA tensor pickles. For SVD-XT at 576x1024 that is
+1.8 MB fp16 each way per step, a device copy of well under a millisecond against a half step of ~380 ms on an
+H100 (BENCHMARKS.md)."""
 
 from __future__ import annotations
 

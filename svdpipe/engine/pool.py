@@ -93,8 +93,20 @@ class ActorPool:
     async def warm_up(self, indices: Iterable[int], image_png: bytes, params: ResolvedParams) -> list[PhaseCosts]:
         """Each listed model actor runs a request of its own (first-call costs paid here, not by users) and
         returns the phase costs it measured."""
+        indices = list(indices)
         calls = [self.models[i].warm_up.remote(image_png, params) for i in indices]
-        return list(await self._within(asyncio.gather(*calls), self.config.start_timeout_s, "warm up"))
+        costs = list(await self._within(asyncio.gather(*calls), self.config.start_timeout_s, "warm up"))
+        if self.config.latency_mode in ("cfg-split", "auto"):  # the helpers' batch-of-one, on their own thread
+            halves = [
+                self.models[i].warm_half.options(concurrency_group="help").remote(image_png, params) for i in indices
+            ]
+            await self._within(asyncio.gather(*halves), self.config.start_timeout_s, "warm up")
+        return costs
+
+    async def device_reports(self) -> list[Any]:
+        """Each model actor's device, memory and warm-up peaks (worker.DeviceReport)."""
+        calls = [a.device_report.options(concurrency_group="control").remote() for a in self.models]
+        return list(await self._within(asyncio.gather(*calls), self.config.ping_timeout_s, "report their devices"))
 
     # ---------------------------------------------------------------- health and rebuild
 

@@ -43,6 +43,7 @@ class FakeEngine:
     def __post_init__(self) -> None:
         self.config = EngineConfig(num_stages=2, max_inflight=self.max_inflight)
         self.spec = model_spec("tiny")
+        self.max_decode_chunk = None
         self.stats = StageStats()
 
     async def generate(self, image_png, params, output_format="mp4", request_id=None, on_progress=None, timeout_s=None):

@@ -33,6 +33,7 @@ class EngineLike(Protocol):
     config: Any
     spec: Any
     stats: Any
+    max_decode_chunk: int | None  # GPU actors: the largest decode chunk that fits ('auto' requests)
 
     async def generate(
         self,

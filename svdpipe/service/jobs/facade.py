@@ -132,7 +132,9 @@ class JobManager:
         """Validate and queue a job. Raises InvalidRequestError, QueueFull, StorageFullError (the data directory
         is below ``min_free_mb`` or full) or StoreUnavailableError. Blocking: the API calls it in a worker thread.
         """
-        resolved = resolve_params(params, self.engine.spec, self.engine.config.max_video_pixels)
+        resolved = resolve_params(
+            params, self.engine.spec, self.engine.config.max_video_pixels, self.engine.max_decode_chunk
+        )
         # A job accepted now must be able to store its video: refuse it while the disk is nearly full.
         free = free_bytes(self.config.data_dir)
         if below_floor(free, self.config.min_free_mb):
