@@ -1,10 +1,9 @@
-"""The order of work inside a model actor: one call in the model at a time, the oldest request's first.
+"""The order of work inside a model actor: one call in the model at a time, the planner's order among the rest.
 
 Ray runs an actor's calls in the order their inputs arrive (out-of-order execution is on, so no call waits for
-one still upstream). Under load that lets a newer request's call overtake an older one's, and the older request's
-later steps wait behind it: latency spreads, as the pipeline's p95 did against data-parallel's. With several
-threads per actor, every call whose input has arrived waits here instead, and the gate lets in the one with the
-smallest priority (its request's admission time), ties in arrival order. No Ray, no torch: a threading primitive.
+one still upstream). With several threads per actor, every call whose input has arrived waits here instead, and
+the gate lets in the one with the smallest priority (the plan's: the call's place in its chain, upstream first),
+ties in arrival order. No Ray, no torch: a threading primitive.
 """
 
 from __future__ import annotations

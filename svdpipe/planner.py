@@ -105,7 +105,6 @@ class Plan:
     split_reason: str = ""  # why the request is or is not split (or runs parareal), for logs and the job record
     parareal: bool = False  # the stages' blocks are solved by parareal (their solves cross in host memory)
     transport: Transport = "object_store"  # how latents move from call to call (decoded frames: object store)
-    priority: float = 0.0  # admission time: each actor serves the calls of older requests first
     cfg: bool = True  # classifier-free guidance: a step is a batch of two
 
     @property
@@ -130,7 +129,7 @@ class ActorCall:
     steps: tuple[int, int] | None  # denoising steps [start, stop) run in this call
     decode: tuple[tuple[int, int], ...]  # frame chunks decoded in this call (each as diffusers decodes it)
     index: int = 0  # position in the plan's calls (plan_calls), named in the events the actor reports
-    priority: float = 0.0  # the request's admission time: the actor runs the oldest request's call first
+    priority: float = 0.0  # smaller first in the actor's queue: the call's place in its chain (upstream first)
     output: Transport = "object_store"  # how the result leaves (decoded frames always by the object store)
     helper: int | None = None  # the actor computing this call's guidance halves (CFG split)
 
@@ -162,13 +161,13 @@ class Planner:
 
     # ------------------------------------------------------------ the stateful side: admission and events
 
-    def admit(self, request_id: str, shape: RequestShape, now: float, priority: float | None = None) -> Plan:
+    def admit(self, request_id: str, shape: RequestShape, now: float) -> Plan:
         """Plan a request against the ledger at `now`, decide its latency mode, and enter its calls in the
-        ledger. `priority` (default `now`) orders its calls in each actor: a retry keeps its first admission's."""
+        ledger."""
         load = self.ledger.backlog(now)
         plan = self.plan(request_id, shape, load, self.ledger.mux_backlog())
         plan = self._latency(plan, shape, load, alone=not self.ledger.requests)
-        plan = dataclasses.replace(plan, transport=self.transport, priority=now if priority is None else priority)
+        plan = dataclasses.replace(plan, transport=self.transport)
         self._enter(plan, now)
         return plan
 
@@ -318,7 +317,9 @@ def actor_calls(plan: Plan) -> tuple[list[ActorCall], list[ActorCall]]:
         dataclasses.replace(
             call,
             index=i,
-            priority=plan.priority,
+            # Upstream first: a call early in its chain feeds the actors after it, so serving it first keeps the
+            # pipeline full (measured against oldest-request-first and arrival order: BENCHMARKS.md).
+            priority=float(i),
             output="object_store" if call.decode else plan.transport,
             helper=helper_of.get(call.steps) if call.steps is not None else None,
         )

@@ -266,16 +266,18 @@ class Engine:
             generation = self._generation
             submitted = time.time()
             req = EncodeRequest(record.request_id, image_png, params, fmt, submitted)
-            # 1. the plan, from the planner's ledger (a retry keeps its first admission's place in the queues)
-            plan = planner.admit(record.request_id, shape, submitted, priority=admitted)
+            # 1. the plan, from the planner's ledger
+            plan = planner.admit(record.request_id, shape, submitted)
             if plan.split or plan.parareal or self.config.latency_mode != "off":
                 logger.info("request %s: %s", record.request_id, plan.split_reason)
             record.plan = plan
             record.restart()
             # 2. execute it
             executor: Executor = self._parareal if plan.parareal else self._chain
+            completed = False
             try:
                 video = await self._attempt(executor, plan, req, record, deadline)
+                completed = True
             except asyncio.TimeoutError as exc:
                 self._cancel_refs(record)
                 self.failed += 1
@@ -313,7 +315,7 @@ class Engine:
                     raise RequestCancelledError(f"request {record.request_id} was cancelled") from None
                 continue
             finally:
-                planner.release(record.request_id)
+                planner.release(record.request_id, completed)
             return self._finished(record, video, params, plan, admitted, attempt, submitted)
 
     async def _attempt(

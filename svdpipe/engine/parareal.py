@@ -37,7 +37,7 @@ class PararealExecutor:
             return ref
 
         # 1. encode (in host memory: this process combines the solves)
-        encode = ActorCall(plan.encode_actor, True, None, (), UNTRACKED, plan.priority)
+        encode = ActorCall(plan.encode_actor, True, None, (), UNTRACKED)
         state: RequestState = await submit(models[plan.encode_actor].run.remote(req, encode, None, True))
         cond = ray.put(state)  # the conditioning travels once; each solve sends only the latents
 

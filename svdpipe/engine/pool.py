@@ -207,7 +207,7 @@ class ActorPool:
             "num_gpus": self.config.num_gpus_per_actor,
             # RDT needs single-threaded actors. On the object store, threads let Ray receive and deserialise the
             # next calls while one computes (the busy-stage hand-off fell from 2.6 to 0.6 ms, BENCHMARKS.md),
-            # and the worker's priority gate then runs the oldest request's call first (svdpipe/gate.py).
+            # and the worker's priority gate then runs them in the plan's order (svdpipe/gate.py).
             "max_concurrency": 1 if self.rdt else self.config.max_inflight + 1,
         }
         return await self._create(cls, spec, options, self.rdt, self._reporter)

@@ -20,28 +20,68 @@ COSTS = CostModel(encode_s=0.5, step_s=1.0, decode_frame_s=0.25)
 SHAPE = RequestShape(6, 4, 4)  # 6 steps, one decode chunk of 4 frames (1 s)
 
 
-def ended(request_id: str, call: int, at: float) -> CallEvent:
-    return CallEvent(request_id, call, "ended", at, 0.0)
+def ended(request_id: str, call: int, at: float, duration: float = 0.0) -> CallEvent:
+    return CallEvent(request_id, call, "ended", at, duration)
 
 
 def started(request_id: str, call: int, at: float) -> CallEvent:
     return CallEvent(request_id, call, "started", at)
 
 
-def test_backlog_counts_queued_calls_whole_and_running_calls_by_their_remainder():
+def test_backlog_is_each_actors_expected_finish_time_from_now():
     ledger = Ledger(2, 1)
     ledger.add("r", [(0, {0: 2.0}), (1, {1: 3.0})], 2, 0, now=0.0)
     assert ledger.backlog(0.0) == [2.0, 3.0]
-    ledger.record(started("r", 0, 10.0))
-    assert ledger.backlog(10.5) == [1.5, 3.0]
-    assert ledger.backlog(20.0) == [0.0, 3.0]  # an overrunning call looks nearly done, never negative
-    ledger.record(ended("r", 0, 12.0))
-    assert ledger.backlog(12.0) == [0.0, 3.0]
-    assert ledger.mux_backlog() == [1.0]
+    assert ledger.backlog(0.5) == [1.5, 2.5]
+    ledger.add("s", [(0, {0: 1.0})], 1, 0, now=1.0)  # queued behind r's call on actor 0
+    assert ledger.backlog(1.0) == [2.0, 2.0]
+    ledger.record(started("r", 0, 0.0))
+    ledger.record(ended("r", 0, 2.5, duration=2.5))  # half a second longer than expected: s starts later too
+    assert ledger.backlog(2.5) == [1.0, 0.5]
+    assert ledger.backlog(20.0) == [0.0, 0.0]  # nothing planned past its finish: idle
+    assert ledger.mux_backlog() == [2.0]
     ledger.record(ended("r", 2, 13.0))  # the mux call
-    assert ledger.mux_backlog() == [0.0]
+    assert ledger.mux_backlog() == [1.0]
     ledger.release("r")
-    assert ledger.backlog(13.0) == [0.0, 0.0] and ledger.requests == []
+    assert ledger.requests == ["s"]
+
+
+def test_a_failed_request_gives_back_the_calls_that_never_started():
+    ledger = Ledger(2, 1)
+    ledger.add("r", [(0, {0: 2.0}), (1, {1: 3.0})], 2, 0, now=0.0)
+    ledger.record(started("r", 0, 0.0))
+    ledger.release("r", completed=False)  # call 0 ran (or part of it), call 1 never will
+    assert ledger.backlog(0.0) == [2.0, 0.0] and ledger.requests == []
+
+
+def test_late_events_of_a_completed_request_change_nothing():
+    ledger = Ledger(1, 1)
+    ledger.add("r", [(0, {0: 2.0})], 1, 0, now=0.0)
+    ledger.release("r")  # the result came back before the call's "ended" event
+    ledger.record(ended("r", 0, 2.0, duration=9.0))
+    assert ledger.backlog(0.0) == [2.0]
+
+
+def test_finish_times_give_every_actor_of_a_pipeline_the_same_work():
+    """A stream of requests through a 4-actor chain at the ideal rate, each call taking what was expected:
+    over 200 requests every actor's total work is the same to within the largest items the ledger places."""
+    costs = CostModel(encode_s=0.025, step_s=0.25, decode_frame_s=0.55)
+    planner = Planner(4, 1, costs)
+    shape = RequestShape(10, 2, 2)
+    total = [0.0] * 4
+    per_request = costs.encode_s + 10 * costs.step_s + 2 * costs.decode_frame_s
+    for i in range(200):
+        now = i * per_request / 4  # the ideal rate of 4 actors
+        plan = planner.admit(f"r{i}", shape, now=now)
+        for call in plan_calls(plan):
+            work = call_work(call, costs, True)
+            for actor, seconds in work.items():
+                total[actor] += seconds
+            planner.record(ended(f"r{i}", call.index, now, duration=sum(work.values())))
+        planner.release(f"r{i}")
+    # within one decode plus a spare step (and an encode): the largest items a plan places by the ledger
+    bound = 2 * costs.decode_frame_s + costs.step_s + costs.encode_s + 2 * costs.call_s
+    assert max(total) - min(total) <= bound + 1e-9
 
 
 def test_events_of_unknown_requests_are_ignored_and_a_request_enters_once():
@@ -60,41 +100,24 @@ def test_plan_calls_carry_index_priority_transport_and_helper():
     calls = plan_calls(plan)
     assert [c.index for c in calls] == list(range(len(calls)))
     assert mux_call_index(plan) == len(calls)
-    assert all(c.priority == 5.0 for c in calls)
+    assert [c.priority for c in calls] == [float(c.index) for c in calls]  # upstream first
     assert [c.output for c in calls] == ["object_store" if c.decode else "gloo" for c in calls]
     assert plan.split and [c.helper for c in calls if c.steps] == list(plan.helpers)
 
 
-def test_work_leaves_an_actor_when_its_call_ends_not_when_the_request_does():
+def test_a_call_that_ends_early_frees_its_actor_sooner():
     planner = Planner(3, 1, COSTS)
     plan = planner.admit("r", SHAPE, now=0.0)
     calls = plan_calls(plan)
     before = planner.ledger.backlog(0.0)
     assert sum(before) == pytest.approx(sum(sum(call_work(c, COSTS, True).values()) for c in calls))
     first = calls[0]
+    expected = call_work(first, COSTS, True)[first.actor]
     planner.record(started("r", first.index, 0.0))
-    planner.record(ended("r", first.index, 2.5))
-    after = planner.ledger.backlog(2.5)
-    assert after[first.actor] == pytest.approx(0.0)
+    planner.record(ended("r", first.index, 0.5, duration=0.5))
+    after = planner.ledger.backlog(0.0)
+    assert after[first.actor] == pytest.approx(before[first.actor] - (expected - 0.5))
     assert [a for i, a in enumerate(after) if i != first.actor] == [b for i, b in enumerate(before) if i != first.actor]
-    planner.release("r")
-    assert planner.ledger.backlog(3.0) == [0.0, 0.0, 0.0]
-
-
-def test_a_finished_stage_frees_its_actor_for_the_next_request():
-    """Stage 0 of request a is done: b's encode and decode go to actor 0 at once. A ledger released per request
-    (no call events) still counts a's work there and sends b's encode elsewhere."""
-    plans = {}
-    for with_events in (True, False):
-        planner = Planner(3, 1, COSTS)
-        a = planner.admit("a", SHAPE, now=0.0)
-        if with_events:
-            first = plan_calls(a)[0]
-            planner.record(started("a", first.index, 0.0))
-            planner.record(ended("a", first.index, 2.5))
-        plans[with_events] = planner.admit("b", SHAPE, now=2.5)
-    assert (plans[True].encode_actor, plans[True].decode[0].actor) == (0, 0)
-    assert plans[False].encode_actor != 0
 
 
 def test_auto_splits_an_idle_pipeline_and_nothing_under_load():
@@ -124,14 +147,6 @@ def test_parareal_only_alone_and_its_work_runs_from_admission():
     assert not crowded.parareal and "other requests in flight" in crowded.split_reason
     one_stage = Planner(1, 1, COSTS, latency_mode="parareal").admit("c", SHAPE, now=0.0)
     assert not one_stage.parareal and "needs >= 2 stages" in one_stage.split_reason
-
-
-def test_a_retry_keeps_its_first_admission_as_priority():
-    planner = Planner(2, 1, COSTS)
-    planner.admit("r", SHAPE, now=1.0)
-    planner.release("r")
-    retry = planner.admit("r", SHAPE, now=9.0, priority=1.0)
-    assert retry.priority == 1.0 and all(c.priority == 1.0 for c in plan_calls(retry))
 
 
 def test_warmup_plan_splits_in_a_cfg_mode_and_stays_out_of_the_ledger():
