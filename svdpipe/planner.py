@@ -183,9 +183,9 @@ class Planner:
         """A call started or ended (reported by the executor): the ledger follows."""
         self.ledger.record(event)
 
-    def release(self, request_id: str) -> None:
-        """The request ended, failed or was cancelled: its remaining planned work leaves the ledger."""
-        self.ledger.release(request_id)
+    def release(self, request_id: str, completed: bool = True) -> None:
+        """The request ended (`completed`), or failed or was cancelled: it leaves the ledger (Ledger.release)."""
+        self.ledger.release(request_id, completed)
 
     def _latency(self, plan: Plan, shape: RequestShape, load: Sequence[float], alone: bool) -> Plan:
         """The latency mode's decision for this plan: parareal for a request alone on a chain of >= 2 stages;

@@ -171,3 +171,11 @@ def test_call_work_moves_half_of_each_helped_step_to_the_helper():
     assert sum(work.values()) == pytest.approx(
         sum(call_work(type(call)(**{**call.__dict__, "helper": None}), COSTS, True).values())
     )
+
+
+def test_the_planner_releases_a_failed_request_through_the_ledger():
+    planner = Planner(2, 1, COSTS)
+    plan = planner.admit("r", SHAPE, now=0.0)
+    assert sum(planner.ledger.backlog(0.0)) > 0
+    planner.release("r", completed=False)  # no call of it started
+    assert planner.ledger.backlog(0.0) == [0.0, 0.0] and plan.request_id not in planner.ledger.requests
