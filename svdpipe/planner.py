@@ -204,12 +204,11 @@ class Planner:
 
     def _enter(self, plan: Plan, now: float) -> None:
         calls = plan_calls(plan)
-        cfg = plan.cfg
         if plan.parareal:  # its solves report no call events: each actor's share runs from admission
             work = [(_PARAREAL_WORK, {a: w for a, w in enumerate(plan.work_s) if w > 0})]
             self.ledger.add(plan.request_id, work, len(calls), plan.mux_actor, now, started=True)
             return
-        entries = [(c.index, call_work(c, self.costs, cfg)) for c in calls]
+        entries = [(c.index, call_work(c, self.costs, plan.cfg)) for c in calls]
         self.ledger.add(plan.request_id, entries, len(calls), plan.mux_actor, now)
 
     def plan(

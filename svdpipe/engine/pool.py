@@ -141,12 +141,7 @@ class ActorPool:
             await self._make_group()
         except Exception as exc:
             logger.warning("partial rebuild failed (%s); replacing every model actor", type(exc).__name__)
-            await self._destroy_group()
-            bad = list(range(n))
-            for i in bad:
-                self._replace(i)
-            await self._ready()
-            await self._make_group()
+            bad = await self.replace_all()
         return bad
 
     async def replace_all(self) -> list[int]:
