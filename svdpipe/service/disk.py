@@ -21,6 +21,15 @@ def below_floor(free: int, min_free_mb: float) -> bool:
     return min_free_mb > 0 and free < min_free_mb * MB
 
 
+def clips_work_bytes(num_clips: int, num_frames: int, height: int, width: int) -> int:
+    """Room a video of ``num_clips`` clips needs in the data directory while it runs (0 for one clip, which is
+    written whole at the end): its clips as RGB frames, 3 bytes a pixel, once in the work directory and once
+    more in the finished video at its largest (an uncompressed container; mp4 and webm are far smaller)."""
+    if num_clips <= 1:
+        return 0
+    return 2 * num_clips * num_frames * height * width * 3
+
+
 def is_full(exc: BaseException) -> bool:
     """Whether ``exc`` is the operating system saying the filesystem (or a quota) is full."""
     return isinstance(exc, OSError) and exc.errno in FULL_ERRNOS

@@ -543,7 +543,7 @@ def test_old_sqlite_database_is_migrated(tmp_path: Path) -> None:
     with SQLiteJobStore(tmp_path) as store:  # opening a migrated database again changes nothing
         assert store.get("old").owner == "r"  # type: ignore[union-attr]
         with sqlite3.connect(tmp_path / "jobs.sqlite3") as conn:
-            assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+            assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
 
 
 def test_postgres_lost_connection_is_unavailable_then_reconnects(store: SQLJobStore, request) -> None:

@@ -68,4 +68,8 @@ class Housekeeper:
             purged = self.store.purge_expired(self.config.retention_s)
             if purged:
                 logger.info("deleted %d job(s) past retention", purged)
+            # Work directories a replica could not remove (it died, or the store was down when its job ended).
+            orphans = self.store.remove_orphan_work_dirs()
+            if orphans:
+                logger.info("removed %d work directories of finished or deleted jobs", orphans)
         return queued

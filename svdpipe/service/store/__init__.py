@@ -17,6 +17,9 @@ Layout under ``data_dir``::
     jobs.sqlite3                  the records (SQLite backend only)
     inputs/<id>                   the input image of each job, exactly as uploaded
     videos/<id>.<output_format>   the finished video of each completed job
+    clips/<id>/                   a multi-clip job's work directory: its finished clips, so that the replica
+                                  that runs it after a crash resumes at the clip in progress; removed once the
+                                  job ends or is deleted (the finished video is moved from it into videos/)
 
 The queue (shared by every replica that uses the store):
 
@@ -37,7 +40,7 @@ Recovery when a replica starts (:meth:`JobStore.recover`): expired leases as abo
 existed has none, so it counts as expired); a ``completed`` job whose video file is gone is marked ``failed``
 with an error saying so, so that clients are never told to download something that does not exist; a ``queued``
 job whose input image is gone cannot run and is marked ``failed`` too; temporary files older than an hour (writes
-that a crash interrupted) are removed.
+that a crash interrupted) are removed, and so are the work directories of jobs that finished or were deleted.
 
 Job ids end up in file names, so they are restricted to ``[A-Za-z0-9_-]`` (at most 128 characters): nothing can be
 read or written outside ``data_dir``. :meth:`JobStore.get` answers None for any other id (it cannot exist, so a

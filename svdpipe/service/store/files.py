@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import uuid
 from pathlib import Path
 
@@ -43,4 +45,32 @@ def write_tmp(final: Path, data: bytes) -> Path:
         if is_full(exc):
             raise StorageFullError(full_message(final.parent, free_bytes(final.parent))) from exc
         raise
+    return tmp
+
+
+def stage_file(source: Path, final: Path) -> Path:
+    """Move ``source`` to a fresh temporary file next to ``final`` (renamed on the same filesystem, else copied
+    and synced) and return its path; ``os.replace`` it onto ``final`` to publish it. ``source`` is gone afterwards.
+
+    :class:`~svdpipe.errors.StorageFullError` if a copy does not fit; nothing is left of it then."""
+    tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex}{TMP_SUFFIX}")
+    with open(source, "rb") as f:
+        os.fsync(f.fileno())  # its bytes are on disk before a rename makes it the video
+    try:
+        os.rename(source, tmp)
+        return tmp
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+    try:  # another filesystem: copy in chunks (never the whole video in memory)
+        with open(source, "rb") as src, open(tmp, "xb") as dst:
+            shutil.copyfileobj(src, dst, 2**20)
+            dst.flush()
+            os.fsync(dst.fileno())
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if is_full(exc):
+            raise StorageFullError(full_message(final.parent, free_bytes(final.parent))) from exc
+        raise
+    source.unlink(missing_ok=True)
     return tmp

@@ -54,6 +54,9 @@ _MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX jobs_created_at ON jobs (created_at, id);
     CREATE INDEX jobs_queue ON jobs (status, created_at, id);
     """,
+    """
+    ALTER TABLE jobs ADD COLUMN clips_done INTEGER NOT NULL DEFAULT 0;
+    """,
 )
 
 

@@ -41,6 +41,23 @@ class JobStore(Protocol):
         """Store the finished video atomically and set ``content_bytes``; ``KeyError`` if unknown."""
         ...
 
+    def put_content_file(self, job_id: str, source: str | Path) -> None:
+        """Store the finished video from a file (moved into place, not read into memory; ``source`` is consumed)
+        and set ``content_bytes``; ``KeyError`` if unknown."""
+        ...
+
+    def work_dir(self, job_id: str) -> Path:
+        """The job's work directory for a multi-clip video (under the data directory; not created)."""
+        ...
+
+    def remove_work_dir(self, job_id: str) -> bool:
+        """Remove the job's work directory; whether there was one."""
+        ...
+
+    def remove_orphan_work_dirs(self) -> int:
+        """Remove the work directories of finished or unknown jobs; how many."""
+        ...
+
     def content(self, job_id: str) -> bytes | None:
         """The finished video, or None if there is none."""
         ...
@@ -57,8 +74,16 @@ class JobStore(Protocol):
         """Atomically start the oldest queued job for ``owner`` with a lease of ``lease_s``; None if none waits."""
         ...
 
-    def heartbeat(self, owner: str, progress: dict[str, int], lease_s: float, now: float | None = None) -> set[str]:
-        """Renew ``owner``'s leases on these jobs and store their progress; the ids ``owner`` still holds."""
+    def heartbeat(
+        self,
+        owner: str,
+        progress: dict[str, int],
+        lease_s: float,
+        now: float | None = None,
+        clips_done: dict[str, int] | None = None,
+    ) -> set[str]:
+        """Renew ``owner``'s leases on these jobs and store their progress (and clips done, for those given);
+        the ids ``owner`` still holds."""
         ...
 
     def finish(

@@ -7,11 +7,12 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
 
-from svdpipe.service.store.files import STALE_TMP_S, TMP_SUFFIX, fsync_dir, write_tmp
+from svdpipe.service.store.files import STALE_TMP_S, TMP_SUFFIX, fsync_dir, stage_file, write_tmp
 from svdpipe.service.store.records import (
     FORMAT_RE,
     MISSING_IMAGE_ERROR,
@@ -47,6 +48,7 @@ class SQLJobStore(abc.ABC):
         self.data_dir = Path(data_dir)
         self.inputs_dir = self.data_dir / "inputs"
         self.videos_dir = self.data_dir / "videos"
+        self.clips_dir = self.data_dir / "clips"  # work directories of multi-clip jobs (finished clips, to resume)
         for d in (self.data_dir, self.inputs_dir, self.videos_dir):
             d.mkdir(parents=True, exist_ok=True)
 
@@ -116,6 +118,7 @@ class SQLJobStore(abc.ABC):
     def _remove_files(self, record: JobRecord) -> None:
         self._image_path(record.id).unlink(missing_ok=True)
         self._video_path(record.id, record.output_format).unlink(missing_ok=True)
+        self.remove_work_dir(record.id)
 
     # -- records ----------------------------------------------------------------------------------------------
 
@@ -244,6 +247,62 @@ class SQLJobStore(abc.ABC):
         finally:
             tmp.unlink(missing_ok=True)
 
+    def put_content_file(self, job_id: str, source: str | Path) -> None:
+        """Store the job's finished video from the file ``source`` (moved into place, never read into memory)
+        and set ``content_bytes``. ``KeyError`` if the job is unknown.
+
+        ``source`` is consumed either way. On the data directory's filesystem (a multi-clip job's work
+        directory is) it is renamed; elsewhere it is copied to a temporary file next to the video first. The
+        video appears whole or not at all, as with :meth:`put_content`.
+        """
+        validate_job_id(job_id)
+        record = self.get(job_id)
+        if record is None:
+            Path(source).unlink(missing_ok=True)
+            raise KeyError(job_id)
+        tmp = stage_file(Path(source), self._video_path(job_id, record.output_format))
+        try:
+            size = tmp.stat().st_size
+            with self._transaction() as conn:
+                record = self._fetch(conn, job_id, lock=True)
+                if record is None:
+                    raise KeyError(job_id)
+                final = self._video_path(job_id, record.output_format)
+                os.replace(tmp, final)
+                fsync_dir(final.parent)
+                self._write(conn, record.model_copy(update={"content_bytes": size}))
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def work_dir(self, job_id: str) -> Path:
+        """Where a multi-clip job keeps its finished clips while it runs (not created here: the engine creates
+        it). It outlives a replica that dies, so the replica that runs the job next resumes from it."""
+        return self.clips_dir / validate_job_id(job_id)
+
+    def remove_work_dir(self, job_id: str) -> bool:
+        """Remove the job's work directory, if any; whether there was one."""
+        path = self.work_dir(job_id)
+        if not path.exists():
+            return False
+        shutil.rmtree(path, ignore_errors=True)
+        return True
+
+    def remove_orphan_work_dirs(self) -> int:
+        """Remove the work directories of jobs that will not run again (finished, or unknown); how many.
+
+        A queued job's directory stays (it resumes from it), and so does a running one's, wherever it runs."""
+        if not self.clips_dir.is_dir():
+            return 0
+        removed = 0
+        for path in self.clips_dir.iterdir():
+            if not path.is_dir():
+                continue
+            record = self.get(path.name)
+            if record is None or record.status in TERMINAL:
+                shutil.rmtree(path, ignore_errors=True)
+                removed += 1
+        return removed
+
     def content_path(self, job_id: str) -> Path | None:
         """The file of the job's finished video (complete: it was renamed into place), or None if there is none."""
         validate_job_id(job_id)
@@ -281,14 +340,22 @@ class SQLJobStore(abc.ABC):
             now = self._now(conn) if now is None else now
             row = conn.execute(
                 "UPDATE jobs SET status = 'in_progress', owner = ?, lease_expires_at = ?, attempts = attempts + 1, "
-                "started_at = ?, progress = 0 WHERE id = (SELECT id FROM jobs WHERE status = 'queued' "
+                "started_at = ?, progress = 0, clips_done = 0 WHERE id = (SELECT id FROM jobs WHERE status = 'queued' "
                 f"ORDER BY created_at, id LIMIT 1{self._SKIP_LOCKED}) RETURNING {', '.join(_COLUMNS)}",
                 (owner, now + lease_s, now),
             ).fetchone()
         return None if row is None else self._record(row)
 
-    def heartbeat(self, owner: str, progress: dict[str, int], lease_s: float, now: float | None = None) -> set[str]:
-        """Extend ``owner``'s lease on each job in ``progress`` to ``now + lease_s`` and store its progress (0-100).
+    def heartbeat(
+        self,
+        owner: str,
+        progress: dict[str, int],
+        lease_s: float,
+        now: float | None = None,
+        clips_done: dict[str, int] | None = None,
+    ) -> set[str]:
+        """Extend ``owner``'s lease on each job in ``progress`` to ``now + lease_s`` and store its progress (0-100),
+        and for the jobs in ``clips_done`` (multi-clip videos) the clips done.
 
         Returns the ids that are still ``in_progress`` and held by ``owner``; a job missing from the answer was
         cancelled or deleted through another replica, or re-queued after its lease expired, and must be stopped.
@@ -296,13 +363,16 @@ class SQLJobStore(abc.ABC):
         held: set[str] = set()
         if not progress:
             return held
+        clips = clips_done or {}
         with self._transaction() as conn:
             now = self._now(conn) if now is None else now
             for job_id, pct in sorted(progress.items()):  # sorted: the same lock order in every replica
+                done = clips.get(job_id)
+                pct, done = max(0, min(100, int(pct))), None if done is None else max(0, int(done))
                 row = conn.execute(
-                    "UPDATE jobs SET lease_expires_at = ?, progress = ? "
+                    "UPDATE jobs SET lease_expires_at = ?, progress = ?, clips_done = COALESCE(?, clips_done) "
                     "WHERE id = ? AND owner = ? AND status = 'in_progress' RETURNING id",
-                    (now + lease_s, max(0, min(100, int(pct))), job_id, owner),
+                    (now + lease_s, pct, done, job_id, owner),
                 ).fetchone()
                 if row is not None:
                     held.add(row[0])
@@ -338,7 +408,7 @@ class SQLJobStore(abc.ABC):
         with self._transaction() as conn:
             rows = conn.execute(
                 "UPDATE jobs SET status = 'queued', owner = NULL, lease_expires_at = NULL, progress = 0, "
-                "started_at = NULL WHERE owner = ? AND status = 'in_progress' RETURNING id",
+                "clips_done = 0, started_at = NULL WHERE owner = ? AND status = 'in_progress' RETURNING id",
                 (owner,),
             ).fetchall()
         return len(rows)
@@ -363,7 +433,7 @@ class SQLJobStore(abc.ABC):
                 )
             requeued = conn.execute(
                 "UPDATE jobs SET status = 'queued', owner = NULL, lease_expires_at = NULL, progress = 0, "
-                f"started_at = NULL WHERE {expired} RETURNING id",
+                f"clips_done = 0, started_at = NULL WHERE {expired} RETURNING id",
                 (now,),
             ).fetchall()
         if failed or requeued:
@@ -415,6 +485,9 @@ class SQLJobStore(abc.ABC):
                 if current is not None and current.status == record.status:
                     self._write(conn, current.model_copy(update={**changes, "status": "failed"}))
                     lost += 1
+        orphans = self.remove_orphan_work_dirs()
+        if orphans:
+            logger.info("removed %d work directories of finished or deleted multi-clip jobs", orphans)
         for d in (self.inputs_dir, self.videos_dir):
             for tmp in d.glob(f".*{TMP_SUFFIX}"):
                 with contextlib.suppress(FileNotFoundError):

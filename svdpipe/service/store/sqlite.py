@@ -42,6 +42,9 @@ _SQLITE_MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE jobs ADD COLUMN lease_expires_at REAL;
     CREATE INDEX jobs_queue ON jobs (status, created_at, id);
     """,
+    """
+    ALTER TABLE jobs ADD COLUMN clips_done INTEGER NOT NULL DEFAULT 0;
+    """,
 )
 
 
