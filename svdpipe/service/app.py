@@ -176,15 +176,22 @@ def openapi_with_limits(config: ServiceConfig, spec: Any) -> dict[str, Any]:
     POST /v1/videos, and the model's size multiple on height and width (multipleOf)."""
     schema = get_openapi(title=api.title, version=api.version, description=api.description, routes=api.routes)
     create = schema["paths"]["/v1/videos"]["post"]
+    max_clips = int(getattr(config.engine, "max_clips", 1))
     create["description"] = describe_limits(
         spec, config.engine.max_video_pixels, config.max_image_pixels, config.max_image_side
+    ) + (
+        f" A long video chains num_clips clips (each num_frames frames; num_frames x height x width is a limit "
+        f"per clip), at most {max_clips} (max_clips)."
     )
     for media in create["requestBody"]["content"].values():
+        props = media["schema"]["properties"]
         for name in ("height", "width"):
-            prop = media["schema"]["properties"][name]
+            prop = props[name]
             for option in [prop, *prop.get("anyOf", [])]:
                 if option.get("type") == "integer":
                     option["multipleOf"] = spec.size_multiple
+        if "num_clips" in props:
+            props["num_clips"]["maximum"] = max_clips
     return schema
 
 
@@ -223,7 +230,11 @@ class VideoService:
         await self.jobs.start()
         # 5. One reader of the store for every event stream of this replica.
         self.watch = JobWatch(
-            self._read_jobs, self.jobs.changes, self.config.poll_interval_s, local_progress=self.jobs.local.progress.get
+            self._read_jobs,
+            self.jobs.changes,
+            self.config.poll_interval_s,
+            local_progress=self.jobs.local.progress.get,
+            local_clips=self.jobs.local.clips_done.get,
         )
         self._watch_task = asyncio.get_running_loop().create_task(self.watch.run())
         logger.info("svdpipe replica %s ready: actors %s-*, files in %s", replica, engine_config.name_prefix,

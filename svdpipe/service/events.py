@@ -32,7 +32,9 @@ EVENTS_DOC = f"""A `text/event-stream` of the job, from now until it ends (then 
 
 Every event's `data` is the job as `GET /v1/videos/{{id}}` returns it. The event name says what changed:
 `status` (the first event, and on every non-final status change), `queue_position`, `progress` (whenever the
-percentage moves: every denoising step, for up to 100 steps), and finally one of `completed`, `failed`
+percentage moves: every denoising step, for up to 100 steps; over every clip's steps together for a video of
+several clips, whose `clip` field then names the clip being made, 1 to `num_clips`), and finally one of
+`completed`, `failed`
 (`error` says why) or `cancelled`; `error` (data: an error body) if the job is deleted meanwhile.
 An event's `id` names the state it shows; reconnecting with `Last-Event-ID` sends only what changed since
 (the latest values, not every missed step), and answers 204 if that event was already the final one.

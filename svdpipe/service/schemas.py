@@ -34,7 +34,16 @@ class VideoJob(BaseModel):
     id: str
     object: Literal["video"] = "video"
     status: JobStatus
-    progress: int = Field(..., ge=0, le=100, description="Completed denoising steps, in percent.")
+    progress: int = Field(
+        ..., ge=0, le=100, description="Completed denoising steps, in percent (of every clip's steps together)."
+    )
+    num_clips: int = Field(1, ge=1, description="Clips the video chains (num_frames each).")
+    clips_done: int = Field(
+        0, ge=0, description="Clips whose denoising finished (num_clips once completed; 0 again on a restart)."
+    )
+    clip: int | None = Field(
+        None, ge=1, description="The clip being made, 1 to num_clips ('clip 2 of 5'); null unless in progress."
+    )
     queue_position: int | None = Field(None, description="1 = next to start; null unless queued.")
     created_at: float
     started_at: float | None
@@ -46,10 +55,14 @@ class VideoJob(BaseModel):
 
     @classmethod
     def from_record(cls, record: JobRecord, queue_position: int | None) -> VideoJob:
+        num_clips = max(1, int(record.parameters.get("num_clips", 1)))
         return cls(
             id=record.id,
             status=record.status,
             progress=record.progress,
+            num_clips=num_clips,
+            clips_done=min(record.clips_done, num_clips),
+            clip=clip_in_progress(record.status, record.clips_done, num_clips),
             queue_position=queue_position if record.status == "queued" else None,
             created_at=record.created_at,
             started_at=record.started_at,
@@ -59,6 +72,11 @@ class VideoJob(BaseModel):
             parameters=record.parameters,
             output_format=record.output_format,
         )
+
+
+def clip_in_progress(status: str, clips_done: int, num_clips: int) -> int | None:
+    """The 1-based clip a running job is making (the one after those done); None unless in progress."""
+    return min(clips_done + 1, num_clips) if status == "in_progress" else None
 
 
 class VideoJobList(BaseModel):
@@ -101,4 +119,5 @@ class Health(BaseModel):
     in_progress: int
     max_inflight: int
     max_queue: int
+    max_clips: int = 1  # a request's num_clips may be at most this (400 beyond it)
     stages: list[StageHealth]

@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 from svdpipe.errors import StoreUnavailableError
 from svdpipe.service.events import ChangeSignal
-from svdpipe.service.schemas import VideoJob
+from svdpipe.service.schemas import VideoJob, clip_in_progress
 
 logger = logging.getLogger(__name__)
 
@@ -46,10 +46,12 @@ class JobWatch:
         poll_s: float,
         min_gap_s: float = 0.05,
         local_progress: Callable[[str], int | None] | None = None,
+        local_clips: Callable[[str], int | None] | None = None,
     ) -> None:
         self.read_many = read_many  # blocking: called in a worker thread
         self.local_changes = local_changes
         self.local_progress = local_progress  # the live progress of a job running here, else None
+        self.local_clips = local_clips  # the live clips done of a multi-clip job running here, else None
         self.poll_s, self.min_gap_s = poll_s, min_gap_s
         self._watched: dict[str, Watched] = {}
         self.rounds = 0  # store rounds so far (tests and logs)
@@ -97,7 +99,12 @@ class JobWatch:
             job = watched.job
             progress = self.local_progress(job_id)
             if job is not None and job.status == "in_progress" and progress is not None and progress > job.progress:
-                self._update(watched, job.model_copy(update={"progress": progress}))
+                update: dict[str, object] = {"progress": progress}
+                clips_done = self.local_clips(job_id) if self.local_clips is not None else None
+                if clips_done is not None and clips_done >= job.clips_done:  # a clip starts with a step
+                    update["clips_done"] = clips_done
+                    update["clip"] = clip_in_progress(job.status, clips_done, job.num_clips)
+                self._update(watched, job.model_copy(update=update))
 
     @staticmethod
     def _update(watched: Watched, job: VideoJob | None) -> None:
@@ -140,4 +147,6 @@ def _not_behind(job: VideoJob | None, shown: VideoJob | None) -> VideoJob | None
     started before the latest step must not take it back)."""
     if job is None or shown is None or job.status != "in_progress" or shown.status != "in_progress":
         return job
-    return job if job.progress >= shown.progress else job.model_copy(update={"progress": shown.progress})
+    if job.progress >= shown.progress:
+        return job
+    return job.model_copy(update={"progress": shown.progress, "clips_done": shown.clips_done, "clip": shown.clip})

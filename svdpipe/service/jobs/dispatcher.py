@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from pathlib import Path
 from typing import Any, Protocol
 
 from svdpipe.config import OutputFormat, ResolvedParams, VideoParams
@@ -22,7 +23,7 @@ from svdpipe.service.jobs.local import LocalJobs
 from svdpipe.service.jobs.outage import StoreOutage
 from svdpipe.service.jobs.outcomes import Outcome, OutcomeRecorder
 from svdpipe.service.metrics import ServiceMetrics
-from svdpipe.service.store import JobRecord, JobStore
+from svdpipe.service.store import TERMINAL, JobRecord, JobStore
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ class EngineLike(Protocol):
         request_id: str | None = None,
         on_progress: Any = None,
         timeout_s: float | None = None,
+        work_dir: str | Path | None = None,
     ) -> Any: ...
 
     def cancel(self, request_id: str) -> bool: ...
@@ -100,6 +102,7 @@ class Dispatcher:
     def _done(self, job_id: str) -> None:
         self.local.tasks.pop(job_id, None)
         self.local.progress.pop(job_id, None)
+        self.local.clips_done.pop(job_id, None)
         self.local.wakeup.set()
 
     def stop_local(self, job_id: str) -> None:
@@ -109,21 +112,58 @@ class Dispatcher:
             task.cancel()  # not inside the engine yet
 
     async def _run(self, record: JobRecord) -> None:
+        params = ResolvedParams(**record.parameters)
+        clips = int(getattr(params, "num_clips", 1))
+        if clips == 1:
+            await self._generate(record, params, None)
+            return
+        # A multi-clip video keeps its finished clips in a directory of its own under data_dir, which outlives
+        # this replica: whichever replica runs the job next (its lease expired) resumes at the clip in progress.
+        work_dir = self.store.work_dir(record.id)
+        try:
+            await self._generate(record, params, work_dir)
+        finally:
+            if not self.local.stopping:  # stopping: the job goes back to the queue and resumes from it
+                await self._tidy(record.id)
+
+    async def _tidy(self, job_id: str) -> None:
+        """Remove the job's work directory once it will not run again: it ended (here, or cancelled or deleted
+        elsewhere). A job another replica took over (our lease expired) keeps it: that replica is using it. If
+        the store does not answer, the housekeeper removes it later."""
+
+        def tidy() -> None:
+            current = self.store.get(job_id)
+            if current is None or current.status in TERMINAL:
+                self.store.remove_work_dir(job_id)
+
+        try:
+            await asyncio.to_thread(tidy)
+        except StoreUnavailableError:
+            pass
+        except Exception:
+            logger.exception("job %s: removing its work directory failed", job_id)
+
+    async def _generate(self, record: JobRecord, params: ResolvedParams, work_dir: Path | None) -> None:
         job_id = record.id
+        clips = int(getattr(params, "num_clips", 1))
 
         def on_progress(done: int, total: int) -> None:
             self.local.progress[job_id] = min(99, int(100 * done / total))  # 100 only once the video is stored
+            if clips > 1:  # total counts the steps of every clip; done includes clips resumed from work_dir
+                self.local.clips_done[job_id] = min(done // max(1, total // clips), clips - 1)
             self.local.changes.notify(progress_only=True)
 
         ended = {"started_at": record.started_at or time.time(), "created_at": record.created_at}
+        extra: dict[str, Any] = {} if work_dir is None else {"work_dir": work_dir}
         try:
             image = await asyncio.to_thread(self.store.image, job_id)
             result = await self.engine.generate(
                 image,
-                ResolvedParams(**record.parameters),
+                params,
                 record.output_format,  # type: ignore[arg-type]
                 request_id=job_id,
                 on_progress=on_progress,
+                **extra,
             )
         except (RequestCancelledError, asyncio.CancelledError):
             if self.local.stopping:
@@ -160,6 +200,7 @@ class Dispatcher:
             Outcome(
                 "completed",
                 video=result.video.data,
+                video_path=getattr(result.video, "path", None),
                 timings=result.timings,
                 parameters={**record.parameters, **ran},
                 **ended,

@@ -13,7 +13,7 @@ from typing import Any
 from svdpipe.config import OutputFormat, VideoParams, resolve_params
 from svdpipe.errors import QueueFullError, StorageFullError, StoreUnavailableError
 from svdpipe.service.config import ServiceConfig
-from svdpipe.service.disk import MB, below_floor, free_bytes
+from svdpipe.service.disk import MB, below_floor, clips_work_bytes, free_bytes
 from svdpipe.service.events import ChangeSignal
 from svdpipe.service.jobs.dispatcher import Dispatcher, EngineLike
 from svdpipe.service.jobs.housekeeper import HOUSEKEEPING_S, Housekeeper
@@ -132,8 +132,13 @@ class JobManager:
         """Validate and queue a job. Raises InvalidRequestError, QueueFull, StorageFullError (the data directory
         is below ``min_free_mb`` or full) or StoreUnavailableError. Blocking: the API calls it in a worker thread.
         """
+        # max_video_pixels bounds one clip (the engine holds one clip's frames at a time); max_clips bounds how
+        # many a video may chain.
         resolved = resolve_params(
-            params, self.engine.spec, self.engine.config.max_video_pixels, self.engine.max_decode_chunk
+            params,
+            self.engine.spec,
+            self.engine.config.max_video_pixels,
+            self.engine.max_decode_chunk,
         )
         # A job accepted now must be able to store its video: refuse it while the disk is nearly full.
         free = free_bytes(self.config.data_dir)
@@ -141,6 +146,16 @@ class JobManager:
             raise StorageFullError(
                 f"the data directory has {free / MB:.1f} MB free, below the service's floor of "
                 f"{self.config.min_free_mb:g} MB; retry later"
+            )
+        # A long video also needs room for its clips while it runs: not a reservation (jobs accepted together
+        # share the room), but a video that cannot fit now is refused now rather than failed after hours.
+        clips = int(getattr(resolved, "num_clips", 1))
+        work = clips_work_bytes(clips, resolved.num_frames, resolved.height, resolved.width)
+        if work and free - work < self.config.min_free_mb * MB:
+            raise StorageFullError(
+                f"a video of {clips} clips needs about {work / MB:.0f} MB in the data directory while it runs; "
+                f"it has {free / MB:.1f} MB free (floor {self.config.min_free_mb:g} MB); retry later or ask "
+                "for fewer clips"
             )
         # The whole shared queue counts. Two replicas may both admit the last slot at the same moment: the
         # bound is exact to within one job per replica, which is what back-pressure needs.
@@ -170,7 +185,12 @@ class JobManager:
     def live(self, record: JobRecord) -> JobRecord:
         """The record with this replica's newest progress of a job it runs (the store's is up to one poll old)."""
         progress = self.local.progress.get(record.id) if record.status == "in_progress" else None
-        return record if progress is None else record.model_copy(update={"progress": progress})
+        if progress is None:
+            return record
+        update: dict[str, Any] = {"progress": progress}
+        if record.id in self.local.clips_done:
+            update["clips_done"] = self.local.clips_done[record.id]
+        return record.model_copy(update=update)
 
     def queue_positions(self, job_ids: list[str]) -> dict[str, int]:
         """Position in the shared queue (1 = next to start) of each of these jobs that is waiting."""
@@ -189,7 +209,9 @@ class JobManager:
         if record is None or record.status in TERMINAL:
             return record
         progress = self.local.progress.get(job_id)
-        fields = {"progress": progress} if progress is not None else {}
+        fields: dict[str, Any] = {"progress": progress} if progress is not None else {}
+        if job_id in self.local.clips_done:
+            fields["clips_done"] = self.local.clips_done[job_id]
         cancelled = self.store.finish(job_id, "cancelled", error=None, **fields)
         self.local.call(self.dispatcher.stop_local, job_id)
         if cancelled is not None:
@@ -201,6 +223,7 @@ class JobManager:
         """Delete a job and its files, cancelling it first if it is still queued or running."""
         self.cancel(job_id)
         self.local.progress.pop(job_id, None)
+        self.local.clips_done.pop(job_id, None)
         deleted = self.store.delete(job_id)
         self.changes.notify()
         return deleted
@@ -225,6 +248,7 @@ class JobManager:
             "in_progress": len(self.local.tasks),
             "max_inflight": self.engine.config.max_inflight,
             "max_queue": self.config.max_queue,
+            "max_clips": int(getattr(self.engine.config, "max_clips", 1)),
             "stages": stages,
         }
 

@@ -40,7 +40,9 @@ class LeaseKeeper:
         if not progress:
             return
         try:
-            held = await asyncio.to_thread(self.store.heartbeat, self.owner, progress, self.config.lease_s)
+            held = await asyncio.to_thread(
+                self.store.heartbeat, self.owner, progress, self.config.lease_s, None, dict(self.local.clips_done)
+            )
             self.outage.ok()
         except StoreUnavailableError as exc:
             self.outage.failed(exc)

@@ -16,6 +16,7 @@ class LocalJobs:
 
     tasks: dict[str, asyncio.Task] = field(default_factory=dict)  # jobs running here
     progress: dict[str, int] = field(default_factory=dict)  # live progress (stored with every heartbeat)
+    clips_done: dict[str, int] = field(default_factory=dict)  # live clips done of multi-clip jobs (likewise)
     completions: deque[float] = field(default_factory=lambda: deque(maxlen=64))  # when jobs completed here
     # A slot freed up or a job was submitted here: claim now, not at the next poll.
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)

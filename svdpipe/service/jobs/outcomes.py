@@ -24,6 +24,7 @@ class Outcome:
     status: JobStatus
     error: str | None = None
     video: bytes | None = None
+    video_path: str | None = None  # the finished video as a file (multi-clip jobs), moved into the store
     started_at: float = 0.0
     created_at: float = 0.0
     timings: Any = None
@@ -62,7 +63,10 @@ class OutcomeRecorder:
             if current is None or current.status != "in_progress" or current.owner != self.owner:
                 return  # cancelled, deleted or re-queued meanwhile: the video is not wanted from here
             try:
-                self.store.put_content(job_id, outcome.video or b"")
+                if outcome.video_path is not None:
+                    self.store.put_content_file(job_id, outcome.video_path)
+                else:
+                    self.store.put_content(job_id, outcome.video or b"")
             except KeyError:
                 return  # deleted meanwhile
             except StorageFullError as exc:
@@ -73,7 +77,9 @@ class OutcomeRecorder:
                 if self.store.finish(job_id, "failed", owner=self.owner, error=error) is not None:
                     self.metrics.job_status("failed")
                 return
-            extra = {"parameters": outcome.parameters} if outcome.parameters is not None else {}
+            extra: dict[str, Any] = {"parameters": outcome.parameters} if outcome.parameters is not None else {}
+            if outcome.parameters is not None:
+                extra["clips_done"] = int(outcome.parameters.get("num_clips", 1))
             record = self.store.finish(job_id, "completed", owner=self.owner, progress=100, error=None, **extra)
             if record is not None:
                 now = time.time()
@@ -84,6 +90,8 @@ class OutcomeRecorder:
         fields: dict[str, Any] = {"error": outcome.error}
         if job_id in self.local.progress:
             fields["progress"] = self.local.progress[job_id]
+        if job_id in self.local.clips_done:
+            fields["clips_done"] = self.local.clips_done[job_id]
         if self.store.finish(job_id, outcome.status, owner=self.owner, **fields) is not None:
             self.metrics.job_status(outcome.status)
 
