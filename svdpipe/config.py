@@ -48,6 +48,16 @@ class VideoParams(BaseModel):
         lt=2**63,
         description="Same meaning as diffusers' torch.Generator('cpu').manual_seed(seed).",
     )
+    num_clips: int = Field(
+        1,
+        ge=1,
+        le=1000,
+        description="Clips chained into one video: clip k+1 starts from clip k's last frame, with seed + k + 1.",
+    )
+    color_match: bool = Field(
+        False,
+        description="Match each later clip's colour statistics to clip 0 (curbs drift; not exact: off by default).",
+    )
 
     @model_validator(mode="after")
     def _guidance_order(self) -> VideoParams:
@@ -98,6 +108,9 @@ class EngineConfig(BaseModel):
     )
     start_timeout_s: float = Field(
         900.0, gt=0.0, description="Longest wait for actors to start, load the model and warm up (also in a rebuild)."
+    )
+    max_clips: int = Field(
+        40, ge=1, le=1000, description="Most clips one long-video request may chain (40: 1,000 frames of SVD-XT)."
     )
     ping_timeout_s: float = Field(
         10.0, gt=0.0, description="Longest wait for an actor's health answer (none in a rebuild: it is replaced)."
@@ -175,6 +188,8 @@ class ResolvedParams(BaseModel):
     noise_aug_strength: float
     decode_chunk_size: int
     seed: int
+    num_clips: int = 1
+    color_match: bool = False
 
     @property
     def do_classifier_free_guidance(self) -> bool:
@@ -187,9 +202,10 @@ def resolve_params(
     spec: ModelSpec,
     max_video_pixels: int | None = None,
     max_decode_chunk: int | None = None,
+    max_clips: int | None = None,
 ) -> ResolvedParams:
     """Fill model defaults, pick a random seed if none, and check what depends on the model (limits.py) and,
-    when given, this deployment's cap on num_frames x height x width.
+    when given, this deployment's caps on num_frames x height x width and on num_clips.
 
     `max_decode_chunk` is the largest decode chunk the GPU actors' memory holds (memory.max_decode_chunk; None
     on CPU actors): an unset or 'auto' decode_chunk_size becomes min(num_frames, it), else num_frames."""
@@ -209,7 +225,7 @@ def resolve_params(
         seed=params.seed if params.seed is not None else secrets.randbelow(2**63),
     )
     resolved = ResolvedParams(**values)
-    check_request(resolved, spec, max_video_pixels)
+    check_request(resolved, spec, max_video_pixels, max_clips)
     return resolved
 
 

@@ -59,9 +59,11 @@ def fewest_norm_values(
     return min(vae, unet)
 
 
-def check_request(params: ResolvedParams, spec: ModelSpec, max_video_pixels: int | None = None) -> None:
+def check_request(
+    params: ResolvedParams, spec: ModelSpec, max_video_pixels: int | None = None, max_clips: int | None = None
+) -> None:
     """Raise InvalidRequestError, naming the field and the limit, for a request this model cannot run (or that
-    exceeds this deployment's `max_video_pixels`)."""
+    exceeds this deployment's `max_video_pixels` per clip or its `max_clips`)."""
     h, w, frames = params.height, params.width, params.num_frames
     m = spec.size_multiple
     if h % m or w % m:
@@ -80,6 +82,10 @@ def check_request(params: ResolvedParams, spec: ModelSpec, max_video_pixels: int
         raise InvalidRequestError(
             f"num_frames x height x width: {frames}x{h}x{w} = {frames * h * w} pixels exceeds this deployment's "
             f"limit of {max_video_pixels} (max_video_pixels)"
+        )
+    if max_clips is not None and params.num_clips > max_clips:
+        raise InvalidRequestError(
+            f"num_clips: {params.num_clips} exceeds this deployment's limit of {max_clips} clips (max_clips)"
         )
 
 

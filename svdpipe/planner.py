@@ -62,6 +62,7 @@ class RequestShape:
     num_frames: int
     decode_chunk_size: int
     cfg: bool = True  # classifier-free guidance (max_guidance_scale > 1)
+    feeds_next: bool = False  # a clip of a long video: its last frame is the next clip's image, wanted first
 
     def __post_init__(self) -> None:
         if self.num_steps < 1 or self.num_frames < 1 or self.decode_chunk_size < 1:
@@ -106,6 +107,7 @@ class Plan:
     parareal: bool = False  # the stages' blocks are solved by parareal (their solves cross in host memory)
     transport: Transport = "object_store"  # how latents move from call to call (decoded frames: object store)
     cfg: bool = True  # classifier-free guidance: a step is a batch of two
+    feeds_next: bool = False  # the chunk holding the last frame decodes first (the next clip starts from it)
 
     @property
     def split(self) -> bool:
@@ -161,11 +163,15 @@ class Planner:
 
     # ------------------------------------------------------------ the stateful side: admission and events
 
-    def admit(self, request_id: str, shape: RequestShape, now: float) -> Plan:
+    def admit(self, request_id: str, shape: RequestShape, now: float, mux_actor: int | None = None) -> Plan:
         """Plan a request against the ledger at `now`, decide its latency mode, and enter its calls in the
-        ledger."""
+        ledger. `mux_actor` keeps a long video's clips on the mux actor that writes its file."""
         load = self.ledger.backlog(now)
         plan = self.plan(request_id, shape, load, self.ledger.mux_backlog())
+        if mux_actor is not None:
+            if not 0 <= mux_actor < self.num_mux:
+                raise ValueError(f"mux actor {mux_actor} of {self.num_mux}")
+            plan = dataclasses.replace(plan, mux_actor=mux_actor)
         plan = self._latency(plan, shape, load, alone=not self.ledger.requests)
         plan = dataclasses.replace(plan, transport=self.transport)
         self._enter(plan, now)
@@ -228,7 +234,7 @@ class Planner:
             plan = self._replica(request_id, shape, chunks, load)
         else:
             plan = self._pipeline(request_id, shape, chunks, load)
-        return Plan(**{**plan, "mux_actor": _argmin(mux), "cfg": shape.cfg})  # type: ignore[arg-type]
+        return Plan(**{**plan, "mux_actor": _argmin(mux), "cfg": shape.cfg, "feeds_next": shape.feeds_next})  # type: ignore[arg-type]
 
     def _replica(self, request_id: str, shape: RequestShape, chunks: list[tuple[int, int]], load: list[float]) -> dict:
         actor = _argmin(load)
@@ -303,7 +309,10 @@ def actor_calls(plan: Plan) -> tuple[list[ActorCall], list[ActorCall]]:
         else:
             chain.append(ActorCall(stage.actor, not chain, (stage.start, stage.stop), ()))
     by_actor: dict[int, list[tuple[int, int]]] = {}
-    for d in plan.decode:
+    decode = plan.decode
+    if plan.feeds_next:  # the chunk holding the last frame first: its actor's call first, that chunk first in it
+        decode = (decode[-1], *decode[:-1])
+    for d in decode:
         by_actor.setdefault(d.actor, []).append((d.start, d.stop))
     decodes: list[ActorCall] = []
     if list(by_actor) == [chain[-1].actor]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 from fractions import Fraction
 from pathlib import Path
-from typing import get_args
+from typing import Any, get_args
 
 import numpy as np
 
@@ -68,24 +68,111 @@ def _pil(frame: np.ndarray):
 
 
 def _encode_av(frames: np.ndarray, fmt: str, fps: int, buf: io.BytesIO) -> None:
-    import av
+    writer = _AvWriter(buf, fmt, fps)
+    writer.append(frames)
+    writer.close()
 
-    codec, pix_fmt, options = {
+
+class _AvWriter:
+    """An mp4 (H.264), webm (VP9) or gif encoder taking frames as they come (uint8, (n, H, W, 3))."""
+
+    _CODECS = {
         "mp4": ("libx264", "yuv420p", {"crf": "18", "preset": "medium", "movflags": "+faststart"}),
         "webm": ("libvpx-vp9", "yuv420p", {"crf": "30", "b": "0"}),
-    }[fmt]
-    _, height, width, _ = frames.shape
-    # yuv420p needs even sizes; SVD sizes are multiples of 8, but pad anything else rather than fail.
-    pad_h, pad_w = height % 2, width % 2
-    if pad_h or pad_w:
-        frames = np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
-    with av.open(buf, mode="w", format=fmt) as container:
-        stream = container.add_stream(codec, rate=Fraction(fps))
-        stream.width, stream.height = width + pad_w, height + pad_h
-        stream.pix_fmt = pix_fmt
-        stream.options = options
+        "gif": ("gif", "rgb8", {}),  # a fixed 8-bit palette (streamed; whole-file gifs use PIL's adaptive one)
+    }
+
+    def __init__(self, target: io.BytesIO | str | Path, fmt: str, fps: int) -> None:
+        import av
+
+        self.fmt, self.fps = fmt, fps
+        self._container = av.open(target, mode="w", format=fmt)
+        self._stream: Any = None
+        self._pad = (0, 0)
+
+    def append(self, frames: np.ndarray) -> None:
+        import av
+
+        _, height, width, _ = frames.shape
+        if self._stream is None:
+            codec, pix_fmt, options = self._CODECS[self.fmt]
+            # yuv420p needs even sizes; SVD sizes are multiples of 8, but pad anything else rather than fail.
+            self._pad = (height % 2, width % 2) if pix_fmt == "yuv420p" else (0, 0)
+            self._stream = self._container.add_stream(codec, rate=Fraction(self.fps))
+            self._stream.width, self._stream.height = width + self._pad[1], height + self._pad[0]
+            self._stream.pix_fmt = pix_fmt
+            self._stream.options = options
+        if any(self._pad):
+            frames = np.pad(frames, ((0, 0), (0, self._pad[0]), (0, self._pad[1]), (0, 0)), mode="edge")
         for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+            for packet in self._stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
+                self._container.mux(packet)
+
+    def close(self) -> None:
+        if self._stream is not None:
+            for packet in self._stream.encode():
+                self._container.mux(packet)
+        self._container.close()
+
+
+class VideoStream:
+    """A video file written clip by clip (frames as they come; at most the frames of one append in memory): to
+    `path`'s partial name first, renamed to `path` by close(). .npy gets its header (the whole video's shape) up
+    front and float32 frames appended; mp4, webm and gif are encoded frame by frame."""
+
+    def __init__(self, path: str | Path, fmt: OutputFormat, fps: int, total_frames: int) -> None:
+        self.path = Path(path)
+        self.fmt, self.total = fmt, total_frames
+        self.written = 0
+        self._partial = self.path.with_name(f".{self.path.name}.partial")
+        self._file: Any = None
+        self._av: _AvWriter | None = None
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if fmt == "npy":
+            self._file = open(self._partial, "wb")  # noqa: SIM115 - closed by close() or abort()
+        else:
+            self._av = _AvWriter(str(self._partial), fmt, fps)
+
+    def append(self, frames: np.ndarray) -> None:
+        if frames.ndim != 4 or frames.shape[-1] != 3:
+            raise ValueError(f"expected frames of shape (F, H, W, 3), got {frames.shape}")
+        if self.written + len(frames) > self.total:
+            raise ValueError(f"{self.path.name}: {self.written + len(frames)} frames, more than {self.total}")
+        if self._file is not None:
+            if frames.dtype == np.uint8:
+                raise ValueError(".npy output holds the float frames; got uint8 frames")
+            if self.written == 0:
+                header = {
+                    "descr": np.lib.format.dtype_to_descr(np.dtype("<f4")),
+                    "fortran_order": False,
+                    "shape": (self.total, *frames.shape[1:]),
+                }
+                np.lib.format.write_array_header_2_0(self._file, header)
+            self._file.write(np.ascontiguousarray(frames, dtype="<f4").tobytes())
+        else:
+            assert self._av is not None
+            self._av.append(frames if frames.dtype == np.uint8 else to_uint8(frames))
+        self.written += len(frames)
+
+    def close(self) -> Path:
+        """Finish the file and give it its name; it must hold every frame announced."""
+        if self.written != self.total:
+            self.abort()
+            raise ValueError(f"{self.path.name}: {self.written} of {self.total} frames written")
+        if self._file is not None:
+            self._file.close()
+        elif self._av is not None:
+            self._av.close()
+        self._partial.replace(self.path)
+        return self.path
+
+    def abort(self) -> None:
+        """Drop the partial file."""
+        try:
+            if self._file is not None:
+                self._file.close()
+            elif self._av is not None:
+                self._av.close()
+        except Exception:  # an encoder that failed may fail again on close: the file goes either way
+            pass
+        self._partial.unlink(missing_ok=True)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from svdpipe.clips import ClipOutput
 from svdpipe.config import EngineConfig, OutputFormat, ResolvedParams
 from svdpipe.gate import PriorityGate
 from svdpipe.placement import ActorSpec
@@ -45,6 +46,7 @@ class EncodeRequest:
     params: ResolvedParams
     output_format: OutputFormat
     submitted: float  # time.time() when the engine submitted the plan
+    clip: ClipOutput | None = None  # one clip of a long video: where its mux call keeps it
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,7 @@ class EncodedVideo:
     output_format: OutputFormat
     num_frames: int
     trace: tuple[StageTrace, ...]
+    path: str | None = None  # a long video's finished file (then `data` is empty): clips.ClipOutput.video_path
 
 
 @dataclass(frozen=True)
@@ -403,13 +406,15 @@ class MuxWorker:
         _quiet_zero_copy_warnings()
         self.idle_since = time.time()
         self._lock = threading.Lock()
+        self._streams: dict[str, list[Any]] = {}  # long videos' files being written: work dir -> [stream, next clip]
 
     def ping(self) -> str:
         return self.spec.name
 
-    def mux(self, *parts: DecodedFrames, index: int = -1) -> EncodedVideo:
+    def mux(self, *parts: DecodedFrames, index: int = -1, out: ClipOutput | None = None) -> EncodedVideo:
         """The video file of one request from its decoded parts (each part's chunks in any order); `index` is
-        the mux call's index in the plan, for the call events."""
+        the mux call's index in the plan, for the call events. With `out` the parts are one clip of a long
+        video: it is kept in the video's work directory and appended to the video's file (`_add_clip`)."""
         from svdpipe.video import encode_video
 
         with self._lock:
@@ -421,7 +426,11 @@ class MuxWorker:
             frames = np.concatenate([f for _, f in chunks])
             if frames.shape[0] != first.num_frames:
                 raise RuntimeError(f"request {first.request_id}: {frames.shape[0]} of {first.num_frames} frames")
-            data = encode_video(frames, first.output_format, first.fps)
+            path = None
+            if out is None:
+                data = encode_video(frames, first.output_format, first.fps)
+            else:
+                data, path = b"", self._add_clip(out, frames)
             finished = time.time()
             # Decode calls after the first ran on the same input, at the same time: hop_timings must know.
             decodes = tuple(
@@ -432,8 +441,67 @@ class MuxWorker:
             if self.progress is not None:
                 self.progress.call_ended(first.request_id, index, started)
         return EncodedVideo(
-            first.request_id, data, first.output_format, first.num_frames, (*first.chain, *decodes, entry)
+            first.request_id, data, first.output_format, first.num_frames, (*first.chain, *decodes, entry), path
         )
+
+    def finish(self, out: ClipOutput, frames_per_clip: int) -> str:
+        """A long video's file, once every clip is in its work directory (clips whose mux calls ended out of
+        order, or on an actor that has since been replaced, are appended from there)."""
+        with self._lock:
+            if out.video_path.is_file() and out.work_dir not in self._streams:
+                return str(out.video_path)
+            path = self._advance(out, frames_per_clip, None)
+            if path is None:
+                raise RuntimeError(f"{out.work_dir}: clips missing, the video cannot be finished")
+            return path
+
+    def abandon(self, out: ClipOutput) -> None:
+        """A long video stopped (cancelled or failed): drop its partial file; its kept clips stay for a resume."""
+        with self._lock:
+            entry = self._streams.pop(out.work_dir, None)
+            if entry is not None:
+                entry[0].abort()
+
+    def _add_clip(self, out: ClipOutput, frames: np.ndarray) -> str | None:
+        """Keep clip `out.clip` (colour-matched to clip 0 if asked) in the work directory, then append every clip
+        that is next in order to the video's file; returns the file's path once the last clip is in."""
+        from svdpipe.clips import ClipDir, color_stats, match_colors
+
+        clips = ClipDir(out.work_dir)
+        if out.color_match:
+            if out.clip == 0:
+                clips.set_colors(color_stats(frames))
+            else:
+                reference = clips.colors()
+                if reference is None:
+                    raise RuntimeError(f"{out.work_dir}: clip 0's colours are missing")
+                frames = match_colors(frames, reference)
+        clips.write_clip(out.clip, frames)
+        return self._advance(out, len(frames), (out.clip, frames))
+
+    def _advance(self, out: ClipOutput, frames_per_clip: int, fresh: tuple[int, np.ndarray] | None) -> str | None:
+        from svdpipe.clips import ClipDir
+        from svdpipe.video import VideoStream
+
+        clips = ClipDir(out.work_dir)
+        entry = self._streams.get(out.work_dir)
+        if entry is None:  # the video's first clip here: (re)start its file, replaying clips already kept
+            stream = VideoStream(out.video_path, out.output_format, out.fps, out.num_clips * frames_per_clip)
+            entry = self._streams[out.work_dir] = [stream, 0]
+        stream, next_clip = entry
+        try:
+            while next_clip < out.num_clips and clips.clip_path(next_clip).is_file():
+                stream.append(fresh[1] if fresh is not None and fresh[0] == next_clip else clips.read_clip(next_clip))
+                next_clip += 1
+            entry[1] = next_clip
+            if next_clip < out.num_clips:
+                return None
+            del self._streams[out.work_dir]
+            return str(stream.close())
+        except BaseException:
+            self._streams.pop(out.work_dir, None)
+            stream.abort()
+            raise
 
 
 def median_costs(costs: list[PhaseCosts]) -> PhaseCosts:

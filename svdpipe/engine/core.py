@@ -11,23 +11,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import io
 import logging
+import os
 import time
 import uuid
-from dataclasses import dataclass
 from typing import Any
 
 import ray
 from ray.util.placement_group import PlacementGroup
 
+from svdpipe.clips import ClipOutput
 from svdpipe.config import EngineConfig, OutputFormat, ResolvedParams, VideoParams, resolve_params
+from svdpipe.engine.clips import run_clips
 from svdpipe.engine.executor import ChainExecutor, Executor
 from svdpipe.engine.failures import ActorLostError, is_infrastructure, short
 from svdpipe.engine.parareal import PararealExecutor
 from svdpipe.engine.pool import ActorPool
 from svdpipe.engine.progress import ProgressFeed
 from svdpipe.engine.request import ProgressCallback, RequestRecord
+from svdpipe.engine.result import EngineResult
 from svdpipe.errors import (
     ConfigError,
     RequestCancelledError,
@@ -38,10 +42,9 @@ from svdpipe.errors import (
 from svdpipe.ledger import CallEvent
 from svdpipe.memory import check_peaks, max_decode_chunk
 from svdpipe.models import model_spec
-from svdpipe.parareal import PararealStats
 from svdpipe.placement import ActorSpec, check_devices, choose_transport
 from svdpipe.planner import CALL_S, CostModel, Plan, Planner, RequestShape, choose_costs
-from svdpipe.timing import HopTiming, StageStats
+from svdpipe.timing import StageStats
 from svdpipe.worker import EncodedVideo, EncodeRequest, ModelWorker, median_costs
 
 logger = logging.getLogger(__name__)
@@ -49,22 +52,6 @@ logger = logging.getLogger(__name__)
 _WATCH_S = 2.0  # while requests run, how often every actor is pinged (each ping bounded by ping_timeout_s)
 
 __all__ = ["Engine", "EngineResult", "ProgressCallback"]
-
-
-@dataclass(frozen=True)
-class EngineResult:
-    """A finished request: the encoded video and where its time went."""
-
-    request_id: str
-    video: EncodedVideo
-    params: ResolvedParams
-    timings: list[HopTiming]
-    latency_s: float
-    attempts: int
-    plan: Plan
-    split: bool = False  # each step's guidance halves ran on two actors (latency_mode cfg-split / auto)
-    split_reason: str = ""  # why it was or was not split
-    parareal: PararealStats | None = None  # iterations, UNet evaluations, final change (latency_mode parareal)
 
 
 class Engine:
@@ -206,7 +193,7 @@ class Engine:
 
     @property
     def inflight(self) -> int:
-        return len(self._inflight)
+        return sum(1 for r in self._inflight.values() if r.parent is None)  # a long video's clips count as one
 
     async def generate(
         self,
@@ -216,47 +203,89 @@ class Engine:
         request_id: str | None = None,
         on_progress: ProgressCallback | None = None,
         timeout_s: float | None = None,
+        work_dir: str | os.PathLike[str] | None = None,
     ) -> EngineResult:
         """Run one request; waits for a slot (max_inflight); retries after an actor or transport failure.
 
-        `timeout_s` (default: config.request_timeout_s) counts from admission into the pipeline.
+        `timeout_s` (default: config.request_timeout_s) counts from admission into the pipeline, per clip.
+        A long video (num_clips > 1) keeps its finished clips in `work_dir` (a temporary directory if None) and
+        resumes from those already there; its file is `result.video.path`, in that directory (engine/clips.py).
         Raises RequestCancelledError, RequestTimeoutError, RequestFailedError, or InvalidRequestError.
         """
         if not self._started or self._slots is None:
             raise RequestFailedError("the engine is not running")
         if isinstance(params, VideoParams):
-            params = resolve_params(params, self.spec, self.config.max_video_pixels, self.max_decode_chunk)
+            c = self.config
+            params = resolve_params(params, self.spec, c.max_video_pixels, self.max_decode_chunk, c.max_clips)
         request_id = request_id or uuid.uuid4().hex
         if request_id in self._inflight:
             raise ValueError(f"request {request_id} is already running")
-        record = RequestRecord(request_id, on_progress=on_progress, total_steps=params.num_inference_steps)
+        timeout_s = timeout_s or self.config.request_timeout_s
+        total = params.num_inference_steps * params.num_clips
+        record = RequestRecord(request_id, on_progress=on_progress, total_steps=total)
         async with self._slots:
             self._inflight[request_id] = record
             try:
-                return await self._run(
-                    record, image_png, params, output_format, timeout_s or self.config.request_timeout_s
-                )
+                if params.num_clips > 1:
+                    run_clip = functools.partial(self._run_clip, fmt=output_format, timeout_s=timeout_s)
+                    muxers = self.pool.muxers
+                    return await run_clips(run_clip, muxers, record, image_png, params, output_format, work_dir)
+                return await self._run(record, image_png, params, output_format, timeout_s)
             finally:
                 self._inflight.pop(request_id, None)
 
+    async def _run_clip(
+        self,
+        clip: RequestRecord,
+        image_png: bytes,
+        params: ResolvedParams,
+        out: ClipOutput,
+        mux_actor: int | None,
+        *,
+        fmt: OutputFormat,
+        timeout_s: float,
+    ) -> EngineResult:
+        """One clip of a long video (engine/clips.py), as a request in flight: its actors' progress, cancel and
+        the health watch reach it; it holds no slot of its own (its video does)."""
+        self._inflight[clip.request_id] = clip
+        try:
+            return await self._run(clip, image_png, params, fmt, timeout_s, out, mux_actor)
+        finally:
+            self._inflight.pop(clip.request_id, None)
+
     def cancel(self, request_id: str) -> bool:
-        """Cancel a running request: its remaining calls are skipped and its slot freed."""
+        """Cancel a running request (a long video: the clips in flight too): its remaining calls are skipped and
+        its slot freed."""
         record = self._inflight.get(request_id)
         if record is None:
             return False
-        record.cancelled = True
-        self._cancel_refs(record)
+        for r in [record, *(r for r in self._inflight.values() if r.parent == request_id)]:
+            r.cancelled = True
+            self._cancel_refs(r)
         return True
 
     async def _run(
-        self, record: RequestRecord, image_png: bytes, params: ResolvedParams, fmt: OutputFormat, timeout_s: float
+        self,
+        record: RequestRecord,
+        image_png: bytes,
+        params: ResolvedParams,
+        fmt: OutputFormat,
+        timeout_s: float,
+        clip: ClipOutput | None = None,
+        mux_actor: int | None = None,
     ) -> EngineResult:
+        """One request, or one clip of a long video (`clip`: where its mux call keeps it; `mux_actor`: the mux
+        actor writing the video's file), attempt after attempt."""
         planner = self.planner
         assert planner is not None
         admitted = time.time()
         deadline = admitted + timeout_s
         shape = RequestShape(
-            params.num_inference_steps, params.num_frames, params.decode_chunk_size, params.do_classifier_free_guidance
+            params.num_inference_steps,
+            params.num_frames,
+            params.decode_chunk_size,
+            params.do_classifier_free_guidance,
+            feeds_next=record.next_image is not None,
         )
         attempt = 0
         while True:
@@ -265,9 +294,9 @@ class Engine:
                 await asyncio.shield(self._recovery)  # don't submit to actors being replaced
             generation = self._generation
             submitted = time.time()
-            req = EncodeRequest(record.request_id, image_png, params, fmt, submitted)
+            req = EncodeRequest(record.request_id, image_png, params, fmt, submitted, clip)
             # 1. the plan, from the planner's ledger
-            plan = planner.admit(record.request_id, shape, submitted)
+            plan = planner.admit(record.request_id, shape, submitted, mux_actor)
             if plan.split or plan.parareal or self.config.latency_mode != "off":
                 logger.info("request %s: %s", record.request_id, plan.split_reason)
             record.plan = plan
@@ -400,6 +429,8 @@ class Engine:
         )
 
     def _cancel_refs(self, record: RequestRecord) -> None:
+        for task in record.tasks:
+            task.cancel()
         for ref in record.refs:
             with contextlib.suppress(Exception):
                 ray.cancel(ref)

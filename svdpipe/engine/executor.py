@@ -35,6 +35,12 @@ class ChainExecutor:
 
     async def execute(self, plan: Plan, req: EncodeRequest, record: RequestRecord) -> EncodedVideo:
         record.refs = self.submit(plan, req)
+        if plan.feeds_next and record.next_image is not None and not record.next_image.done():
+            # A long video's clip: the call decoding its last frame comes first among the decodes (actor_calls);
+            # the next clip starts from that frame while the other chunks still decode.
+            chain, decodes = actor_calls(plan)
+            last = record.refs[len(chain)] if decodes else record.refs[len(chain) - 1]
+            record.watch(asyncio.ensure_future(_deliver_last_frame(last, record.next_image)))
         return await asyncio.wrap_future(record.refs[-1].future())
 
     def submit(self, plan: Plan, req: EncodeRequest) -> list[Any]:
@@ -61,5 +67,20 @@ class ChainExecutor:
         if decodes:
             refs.extend(parts)
         # 3. the mux actor writes the file from every decoded part
-        refs.append(pool.muxers[plan.mux_actor].mux.remote(*parts, index=mux_call_index(plan)))
+        refs.append(pool.muxers[plan.mux_actor].mux.remote(*parts, index=mux_call_index(plan), out=req.clip))
         return refs
+
+
+async def _deliver_last_frame(ref: Any, future: asyncio.Future) -> None:
+    """The last frame of a clip's decoded part, as the next clip's image (clips.image_png), into `future`. A
+    failure here is the attempt's too: it is left to the attempt, whose retry delivers again."""
+    from svdpipe.clips import image_png
+
+    try:
+        part = await ref
+        _, frames = max(part.chunks, key=lambda c: c[0])
+        png = await asyncio.to_thread(image_png, frames[-1])
+    except Exception:
+        return
+    if not future.done():
+        future.set_result(png)

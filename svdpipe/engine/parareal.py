@@ -74,4 +74,5 @@ class PararealExecutor:
             submit(models[d.actor].run.remote(final, ActorCall(d.actor, False, None, ((d.start, d.stop),), UNTRACKED)))
             for d in plan.decode
         ]
-        return await submit(self.pool.muxers[plan.mux_actor].mux.remote(*parts, index=mux_call_index(plan)))
+        mux = self.pool.muxers[plan.mux_actor].mux
+        return await submit(mux.remote(*parts, index=mux_call_index(plan), out=req.clip))

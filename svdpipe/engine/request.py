@@ -27,6 +27,13 @@ class RequestRecord:
     reported: int = 0
     parareal: PararealStats | None = None
     lost: Any = None  # an asyncio.Future the health watch fails when an actor of the current plan is lost
+    parent: str | None = None  # a long video's clip: the video's request id (cancel reaches its clips)
+    next_image: Any = None  # a clip with a clip after it: an asyncio.Future of its last frame as a PNG
+    tasks: list[Any] = field(default_factory=list)  # helper tasks of the current attempt, cancelled with it
+
+    def watch(self, task: Any) -> None:
+        """Keep a helper task of this attempt, to cancel it with the attempt."""
+        self.tasks.append(task)
 
     def report(self, steps_done: int) -> None:
         """Tell the caller about newly completed steps (each count once, never backwards)."""
@@ -41,6 +48,9 @@ class RequestRecord:
     def restart(self) -> None:
         """A retry starts over: no refs, no progress, no parareal statistics yet."""
         self.refs = []
+        for task in self.tasks:
+            task.cancel()
+        self.tasks = []
         self.reported = 0
         self.parareal = None
         self.lost = asyncio.get_running_loop().create_future()

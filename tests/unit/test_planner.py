@@ -169,3 +169,23 @@ def test_bad_input():
 def test_fewer_steps_than_actors_run_one_step_each_on_the_least_loaded():
     plan = Planner(5, 1, COSTS).plan("r", RequestShape(3, 2, 2), [0.5, 0.0, 0.2, 0.0, 0.1])
     assert [(s.actor, s.start, s.stop) for s in plan.stages] == [(1, 0, 1), (3, 1, 2), (4, 2, 3)]
+
+
+def test_a_clip_that_feeds_the_next_decodes_its_last_frame_first():
+    planner = Planner(3, 1, CostModel(encode_s=0.1, step_s=1.0, decode_frame_s=0.5))
+    shape = RequestShape(num_steps=6, num_frames=6, decode_chunk_size=2, feeds_next=True)
+    plan = planner.admit("clip", shape, now=0.0)
+    assert plan.feeds_next
+    _chain, decodes = actor_calls(plan)
+    assert decodes, "the chunks spread over actors"
+    first = min(decodes, key=lambda c: c.priority)
+    assert first.decode[0] == (4, 6)  # the chunk holding the last frame, first of its call, its call first
+    assert sorted(f for c in decodes for f in c.decode) == [(0, 2), (2, 4), (4, 6)]
+
+
+def test_a_long_video_keeps_its_mux_actor():
+    planner = Planner(2, 3, CostModel(encode_s=0.1, step_s=1.0, decode_frame_s=0.5))
+    shape = RequestShape(num_steps=4, num_frames=2, decode_chunk_size=2)
+    assert planner.admit("a", shape, now=0.0, mux_actor=2).mux_actor == 2
+    with pytest.raises(ValueError, match="mux actor 3"):
+        planner.admit("b", shape, now=0.0, mux_actor=3)
