@@ -22,12 +22,13 @@ def below_floor(free: int, min_free_mb: float) -> bool:
 
 
 def clips_work_bytes(num_clips: int, num_frames: int, height: int, width: int) -> int:
-    """Room a video of ``num_clips`` clips needs in the data directory while it runs (0 for one clip, which is
-    written whole at the end): its clips as RGB frames, 3 bytes a pixel, once in the work directory and once
-    more in the finished video at its largest (an uncompressed container; mp4 and webm are far smaller)."""
+    """Room a video of ``num_clips`` clips takes in the data directory while it runs (0 for one clip, which is
+    written whole at the end): its work directory keeps every finished clip as uint8 RGB frames (3 bytes a
+    pixel; the .npy headers are noise). The video file itself, streamed beside them, is the floor's business
+    (min_free_mb): mp4 and webm are a few percent of the raw frames."""
     if num_clips <= 1:
         return 0
-    return 2 * num_clips * num_frames * height * width * 3
+    return num_clips * num_frames * height * width * 3
 
 
 def is_full(exc: BaseException) -> bool:

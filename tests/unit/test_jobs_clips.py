@@ -18,9 +18,6 @@ from svdpipe.service.jobs import JobManager
 from svdpipe.service.schemas import VideoJob
 from tests.unit.test_jobs import FakeEngine, _crash, _manager, _png, _replica, _wait_status
 
-# Until the engine's clip support is merged (VideoParams.num_clips), there is nothing to run these against.
-pytestmark = pytest.mark.skipif("num_clips" not in VideoParams.model_fields, reason="needs the engine's clip support")
-
 
 @dataclass
 class ClipEngine(FakeEngine):

@@ -130,7 +130,7 @@ def test_heartbeat_stores_clips_done_and_a_claim_resets_it(store: SQLJobStore) -
 
 def test_clips_work_bytes() -> None:
     assert clips_work_bytes(1, 25, 576, 1024) == 0  # one clip is written whole at the end, as before
-    assert clips_work_bytes(4, 2, 8, 8) == 2 * 4 * 2 * 8 * 8 * 3
+    assert clips_work_bytes(4, 2, 8, 8) == 4 * 2 * 8 * 8 * 3
 
 
 def test_postgres_schema_1_is_migrated(pg_dsn: str, tmp_path: Path) -> None:

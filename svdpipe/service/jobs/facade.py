@@ -139,6 +139,7 @@ class JobManager:
             self.engine.spec,
             self.engine.config.max_video_pixels,
             self.engine.max_decode_chunk,
+            max_clips=self.engine.config.max_clips,
         )
         # A job accepted now must be able to store its video: refuse it while the disk is nearly full.
         free = free_bytes(self.config.data_dir)

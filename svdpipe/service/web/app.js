@@ -100,7 +100,9 @@ async function submit(event) {
   const body = new FormData();
   body.append("image", chosen, chosen.name);
   for (const el of $("create").querySelectorAll("input[name], select[name]")) {
-    if (el.name !== "image" && el.value.trim() !== "") body.append(el.name, el.value.trim());
+    if (el.type === "checkbox") {
+      if (el.checked) body.append(el.name, "true"); // unchecked: the service's default (false)
+    } else if (el.name !== "image" && el.value.trim() !== "") body.append(el.name, el.value.trim());
   }
   $("generate").disabled = true;
   try {
@@ -210,6 +212,9 @@ function render(w, job) {
   $("queue").textContent = job.status === "queued" && job.queue_position ? `position ${job.queue_position} in the queue` : "";
   $("progress").value = job.progress;
   $("progress-text").textContent = `${job.progress} %`;
+  // A long video is made clip by clip: say which one (the progress bar counts every clip's steps).
+  const clips = job.num_clips || 1;
+  $("clip").textContent = clips > 1 && job.clip ? `clip ${job.clip} of ${clips}` : clips > 1 ? `${clips} clips` : "";
   $("cancel").hidden = FINAL.has(job.status);
   if (job.status === "failed") show($("job-error"), `Failed: ${job.error || "unknown error"}`);
   tick();
@@ -294,6 +299,17 @@ async function refreshJobs() {
 
 // ---------------------------------------------------------------- start
 
+// The deployment's limit on clips per video (a request over it gets 400): shown beside the input, and its max.
+async function loadLimits() {
+  try {
+    const health = await (await fetch("/v1/health")).json();
+    if (health.max_clips) {
+      $("num-clips").max = String(health.max_clips);
+      $("clips-limit").textContent = `(max ${health.max_clips})`;
+    }
+  } catch (_) { /* keep the schema's bound; the service still checks */ }
+}
+
 function start() {
   const key = $("api-key");
   key.value = sessionStorage.getItem(KEY_STORAGE) || "";
@@ -307,6 +323,7 @@ function start() {
     $("create").elements.output_format.value = "webm";
   }
   setUpDrop();
+  loadLimits();
   $("create").addEventListener("submit", submit);
   $("cancel").addEventListener("click", cancel);
   setInterval(tick, 250);
