@@ -123,8 +123,7 @@ class Dispatcher:
         try:
             await self._generate(record, params, work_dir)
         finally:
-            if not self.local.stopping:  # stopping: the job goes back to the queue and resumes from it
-                await self._tidy(record.id)
+            await self._tidy(record.id)  # not if the replica is stopping: the job is re-queued, and resumes
 
     async def _tidy(self, job_id: str) -> None:
         """Remove the job's work directory once it will not run again: it ended (here, or cancelled or deleted
