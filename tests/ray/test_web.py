@@ -247,3 +247,34 @@ def test_page_fits_a_phone_width(browser, service):
         box = page.locator(selector).bounding_box()
         assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 390, (selector, box)
     context.close()
+
+
+@pytest.mark.browser
+def test_page_makes_a_long_video_and_names_the_clip_in_progress(browser, page, service):
+    from tests.ray.conftest import decoded
+
+    page.wait_for_function("document.getElementById('clips-limit').textContent !== ''", timeout=10_000)
+    limit = service.client.get("/v1/health").json()["max_clips"]
+    assert page.text_content("#clips-limit") == f"(max {limit})"
+    assert page.get_attribute("#num-clips", "max") == str(limit)
+    page.evaluate(
+        """() => {
+            window.clips = [];
+            const el = document.getElementById('clip');
+            new MutationObserver(() => window.clips.push(el.textContent))
+                .observe(el, {childList: true, characterData: true, subtree: true});
+        }"""
+    )
+    page.set_input_files("#image", str(SAMPLE))
+    page.fill("input[name=num_inference_steps]", "4")
+    page.fill("input[name=num_frames]", "2")
+    page.fill("#num-clips", "2")
+    page.click("#generate")
+    _status_is(page, "completed")
+    shown = page.evaluate("window.clips")
+    assert "clip 1 of 2" in shown and "clip 2 of 2" in shown, shown
+    job_id = page.text_content("#job-id")
+    job = service.client.get(f"/v1/videos/{job_id}").json()
+    assert job["num_clips"] == 2 and job["parameters"]["color_match"] is False
+    frames = decoded(service.client.get(f"/v1/videos/{job_id}/content").content)
+    assert len(frames) == 2 * 2
