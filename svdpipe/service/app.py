@@ -176,7 +176,7 @@ def openapi_with_limits(config: ServiceConfig, spec: Any) -> dict[str, Any]:
     POST /v1/videos, and the model's size multiple on height and width (multipleOf)."""
     schema = get_openapi(title=api.title, version=api.version, description=api.description, routes=api.routes)
     create = schema["paths"]["/v1/videos"]["post"]
-    max_clips = int(getattr(config.engine, "max_clips", 1))
+    max_clips = config.engine.max_clips
     create["description"] = describe_limits(
         spec, config.engine.max_video_pixels, config.max_image_pixels, config.max_image_side
     ) + (
@@ -190,8 +190,7 @@ def openapi_with_limits(config: ServiceConfig, spec: Any) -> dict[str, Any]:
             for option in [prop, *prop.get("anyOf", [])]:
                 if option.get("type") == "integer":
                     option["multipleOf"] = spec.size_multiple
-        if "num_clips" in props:
-            props["num_clips"]["maximum"] = max_clips
+        props["num_clips"]["maximum"] = max_clips
     return schema
 
 

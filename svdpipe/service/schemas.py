@@ -119,5 +119,5 @@ class Health(BaseModel):
     in_progress: int
     max_inflight: int
     max_queue: int
-    max_clips: int = 1  # a request's num_clips may be at most this (400 beyond it)
+    max_clips: int  # a request's num_clips may be at most this (400 beyond it)
     stages: list[StageHealth]

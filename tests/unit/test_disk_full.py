@@ -93,7 +93,7 @@ class _BigVideoEngine(FakeEngine):
 
     async def generate(self, *args, **kwargs):
         result = await super().generate(*args, **kwargs)
-        return SimpleNamespace(**{**vars(result), "video": SimpleNamespace(data=b"v" * self.size, trace=())})
+        return SimpleNamespace(**{**vars(result), "video": SimpleNamespace(data=b"v" * self.size, trace=(), path=None)})
 
 
 def test_a_job_whose_video_does_not_fit_fails_with_a_clear_error(small_disk: Path):

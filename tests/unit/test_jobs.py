@@ -60,7 +60,7 @@ class FakeEngine:
                 raise self.fail_with
         finally:
             self.running.discard(request_id)
-        video = SimpleNamespace(data=f"video:{request_id}:{params.seed}".encode(), trace=())
+        video = SimpleNamespace(data=f"video:{request_id}:{params.seed}".encode(), trace=(), path=None)
         return SimpleNamespace(video=video, timings=[], latency_s=0.0, split=self.split, parareal=self.parareal)
 
     def cancel(self, request_id: str) -> bool:

@@ -113,7 +113,7 @@ class Dispatcher:
 
     async def _run(self, record: JobRecord) -> None:
         params = ResolvedParams(**record.parameters)
-        clips = int(getattr(params, "num_clips", 1))
+        clips = params.num_clips
         if clips == 1:
             await self._generate(record, params, None)
             return
@@ -144,7 +144,7 @@ class Dispatcher:
 
     async def _generate(self, record: JobRecord, params: ResolvedParams, work_dir: Path | None) -> None:
         job_id = record.id
-        clips = int(getattr(params, "num_clips", 1))
+        clips = params.num_clips
 
         def on_progress(done: int, total: int) -> None:
             self.local.progress[job_id] = min(99, int(100 * done / total))  # 100 only once the video is stored
@@ -199,7 +199,7 @@ class Dispatcher:
             Outcome(
                 "completed",
                 video=result.video.data,
-                video_path=getattr(result.video, "path", None),
+                video_path=result.video.path,
                 timings=result.timings,
                 parameters={**record.parameters, **ran},
                 **ended,

@@ -150,7 +150,7 @@ class JobManager:
             )
         # A long video also needs room for its clips while it runs: not a reservation (jobs accepted together
         # share the room), but a video that cannot fit now is refused now rather than failed after hours.
-        clips = int(getattr(resolved, "num_clips", 1))
+        clips = resolved.num_clips
         work = clips_work_bytes(clips, resolved.num_frames, resolved.height, resolved.width)
         if work and free - work < self.config.min_free_mb * MB:
             raise StorageFullError(
@@ -249,7 +249,7 @@ class JobManager:
             "in_progress": len(self.local.tasks),
             "max_inflight": self.engine.config.max_inflight,
             "max_queue": self.config.max_queue,
-            "max_clips": int(getattr(self.engine.config, "max_clips", 1)),
+            "max_clips": self.engine.config.max_clips,
             "stages": stages,
         }
 
