@@ -39,7 +39,10 @@ class VideoJob(BaseModel):
     )
     num_clips: int = Field(1, ge=1, description="Clips the video chains (num_frames each).")
     clips_done: int = Field(
-        0, ge=0, description="Clips whose denoising finished (num_clips once completed; 0 again on a restart)."
+        0,
+        ge=0,
+        description="Clips before the one in progress, counted by denoising steps (num_clips once completed; "
+        "0 again when a re-queued job restarts).",
     )
     clip: int | None = Field(
         None, ge=1, description="The clip being made, 1 to num_clips ('clip 2 of 5'); null unless in progress."

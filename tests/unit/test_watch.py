@@ -136,3 +136,31 @@ def test_a_progress_only_change_does_not_wake_waiters_for_other_changes():
         return first, moved.is_set()
 
     assert asyncio.run(scenario()) == ((True, False), True)
+
+
+def test_local_clip_of_a_long_video_reaches_streams_with_its_progress():
+    async def scenario():
+        job = _named("a", progress=0).model_copy(update={"num_clips": 3, "clip": 1})
+        store = _Store({"a": job})
+        local, progress, clips = ChangeSignal(), {"a": 0}, {"a": 0}
+        watch = JobWatch(
+            store.read_many, local, poll_s=10.0, min_gap_s=0.0, local_progress=progress.get, local_clips=clips.get
+        )
+        watched = watch.subscribe(job)
+        task = asyncio.create_task(watch.run())
+        await asyncio.sleep(0.01)
+        seen = []
+        for step in range(1, 7):  # 3 clips x 2 steps
+            waiter = watched.changes.waiter()
+            progress["a"], clips["a"] = min(99, 100 * step // 6), min(step // 2, 2)
+            local.notify(progress_only=True)
+            await asyncio.wait_for(waiter.wait(), 5)
+            seen.append((watched.read().clip, watched.read().clips_done))
+        store.jobs["a"] = job.model_copy(update={"progress": 50, "clips_done": 1, "clip": 2})  # an older round
+        await watch.refresh()
+        task.cancel()
+        return seen, watched.read()
+
+    seen, after_stale_round = asyncio.run(scenario())
+    assert seen == [(1, 0), (2, 1), (2, 1), (3, 2), (3, 2), (3, 2)]
+    assert (after_stale_round.progress, after_stale_round.clip) == (99, 3)  # not taken back

@@ -123,7 +123,7 @@ class Dispatcher:
         try:
             await self._generate(record, params, work_dir)
         finally:
-            await self._tidy(record.id)  # not if the replica is stopping: the job is re-queued, and resumes
+            await self._tidy(record.id)  # kept while the job may run again (a stopping replica re-queues it)
 
     async def _tidy(self, job_id: str) -> None:
         """Remove the job's work directory once it will not run again: it ended (here, or cancelled or deleted

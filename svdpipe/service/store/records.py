@@ -50,8 +50,8 @@ class JobRecord(BaseModel):
     content_bytes: int | None = Field(default=None, ge=0)
     owner: str | None = None  # the replica running the job (kept once it ends: who ran it)
     lease_expires_at: float | None = None  # while running: re-queued if its owner has not renewed it by then
-    # Clips of a multi-clip video whose denoising finished (0 to num_clips; num_clips once completed), as the
-    # running replica last reported them; 0 again when the job is (re)started.
+    # Clips of a multi-clip video before the one in progress, by denoising steps (num_clips once completed), as
+    # the running replica last reported them; 0 again when the job is (re)started.
     clips_done: int = Field(default=0, ge=0)
 
     @field_validator("id")
