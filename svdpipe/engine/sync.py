@@ -5,13 +5,16 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import shutil
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import PIL.Image
 import ray
 
-from svdpipe.config import EngineConfig, VideoParams
+from svdpipe.config import EngineConfig, OutputFormat, VideoParams
 from svdpipe.engine.core import Engine
 from svdpipe.local import VideoResult
 
@@ -84,3 +87,56 @@ def generate_once(
         return VideoResult(result.request_id, frames, result.params)
 
     return asyncio.run(run())
+
+
+def generate_file_once(
+    config: EngineConfig,
+    image: PIL.Image.Image,
+    params: VideoParams,
+    out: str | Path,
+    fmt: OutputFormat,
+    work_dir: str | Path | None = None,
+    address: str | None = None,
+    on_steps: Callable[[int], None] | None = None,
+    on_ready: Callable[[], None] | None = None,
+) -> Path:
+    """Build an engine, run one request (a long video too) into the file `out`, shut the engine down. A long
+    video's finished clips are kept in `work_dir` (a temporary directory if None, removed afterwards): the same
+    call again resumes where a stopped one ended."""
+    ensure_ray(address)
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    scratch = None if work_dir is not None else tempfile.mkdtemp(prefix="svdpipe-clips-")
+
+    async def run() -> Path:
+        engine = Engine(config)
+        await engine.start()
+        if on_ready is not None:
+            on_ready()
+        reported = 0
+
+        def progress(done: int, _total: int) -> None:
+            nonlocal reported
+            if on_steps is not None and done > reported:
+                on_steps(done - reported)
+                reported = done
+
+        try:
+            result = await engine.generate(
+                buf.getvalue(), params, fmt, on_progress=progress, work_dir=work_dir or scratch
+            )
+        finally:
+            await engine.shutdown()
+        target = Path(out)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if result.video.path is not None:
+            shutil.move(result.video.path, target)
+        else:
+            target.write_bytes(result.video.data)
+        return target
+
+    try:
+        return asyncio.run(run())
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
