@@ -91,10 +91,12 @@ def main() -> None:
     p.add_argument("--format", default="mp4", choices=["mp4", "webm", "gif", "npy"])
     args = p.parse_args()
 
-    from svdpipe.bench.workload import sample_image
-    from svdpipe.engine.sync import ensure_ray
+    import ray
 
-    ensure_ray(num_cpus=4, dashboard=True)  # the state API (the mux actor's pid) needs it
+    from svdpipe.bench.workload import sample_image
+
+    # A Ray of its own (others may run on this machine), with the dashboard: the state API finds the mux's pid.
+    ray.init(address="local", num_cpus=4, include_dashboard=True, log_to_driver=False)
     png = sample_image(args.width, args.height)
     rows = [asyncio.run(one_video(k, args, png)) for k in args.clips]
     for row in rows:

@@ -55,7 +55,12 @@ def add_bench_parser(subparsers: Any) -> None:
         help=f"{fields['modes'].description} (default: {','.join(MODES)})",
     )
     p.add_argument(
-        "--loops", dest="loops", type=_loop_list, default=None, metavar="LOOP[,LOOP]", help=fields["loops"].description
+        "--loops",
+        dest="loops",
+        type=_loop_list,
+        default=None,
+        metavar="LOOP[,LOOP]|none",
+        help=fields["loops"].description,
     )
     p.add_argument(
         "--mode-latency",
@@ -87,10 +92,14 @@ def _mode_list(text: str) -> tuple[str, ...]:
 
 
 def _loop_list(text: str) -> tuple[str, ...]:
+    if text.strip() == "none":
+        return ()
     loops = tuple(m.strip() for m in text.split(",") if m.strip())
     unknown = [m for m in loops if m not in LOOPS]
     if unknown or not loops:
-        raise argparse.ArgumentTypeError(f"unknown loop(s) {unknown or text!r}; choose from {', '.join(LOOPS)}")
+        raise argparse.ArgumentTypeError(
+            f"unknown loop(s) {unknown or text!r}; choose from {', '.join(LOOPS)} (or none)"
+        )
     return loops
 
 

@@ -59,7 +59,9 @@ class BenchSettings(BaseModel):
     requests: int | None = Field(None, ge=2, le=MAX_REQUESTS, description="M: requests per mode (default 4N).")
     concurrency: int | None = Field(None, ge=1, le=4096, description="C: requests in flight (default 2 x workers).")
     loops: tuple[Loop, ...] | None = Field(
-        None, min_length=1, description="Which loops to run per mode (default: closed, and open with an arrival rate)."
+        None,
+        description="Which loops to run per mode (default: closed, and open with an arrival rate); none: only the "
+        "single requests on the idle system.",
     )
     arrival_rate: float | None = Field(
         None, gt=0.0, le=100_000.0, description="Open loop: Poisson arrivals, requests per second."

@@ -417,3 +417,13 @@ def test_open_loop_flags():
     for flag, value in (("--mode-latency", "data-parallel"), ("--mode-latency", "replica=off"), ("--loops", "half")):
         with pytest.raises(SystemExit):
             parser.parse_args(["bench", flag, value])
+
+
+def test_long_video_flags_and_idle_only_runs():
+    parser = argparse.ArgumentParser()
+    add_bench_parser(parser.add_subparsers(dest="command"))
+    argv = ["bench", "--modes", "pipeline", "--clips", "10", "--frames", "8", "--loops", "none"]
+    s = settings_from_args(parser.parse_args(argv))
+    assert (s.clips, s.loop_kinds) == (10, ())
+    with pytest.raises(ValueError):
+        BenchSettings(clips=0)
