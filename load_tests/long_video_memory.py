@@ -17,12 +17,22 @@ import tempfile
 import time
 
 
-def peak_rss_mb(pid: int) -> float:
+def status_mb(pid: int, field: str) -> float:
+    """A /proc/<pid>/status figure in MB: VmHWM (peak resident), RssAnon (private), RssShmem (shared memory: the
+    object store's pages this process has read, which the kernel counts in its resident set too)."""
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmHWM for pid {pid}")
+    raise RuntimeError(f"no {field} for pid {pid}")
+
+
+async def sample_peaks(pid: int, peaks: dict[str, float], stop: asyncio.Event) -> None:
+    """The highest private and shared resident memory seen, every 50 ms until `stop`."""
+    while not stop.is_set():
+        for field in ("RssAnon", "RssShmem"):
+            peaks[field] = max(peaks.get(field, 0.0), status_mb(pid, field))
+        await asyncio.sleep(0.05)
 
 
 async def one_video(clips: int, args: argparse.Namespace, png: bytes) -> dict:
@@ -48,8 +58,13 @@ async def one_video(clips: int, args: argparse.Namespace, png: bytes) -> dict:
     work = tempfile.mkdtemp(prefix="svdpipe-memory-")
     try:
         mux_name = engine.mux_layout[0].name
-        pid = next(a.pid for a in list_actors(filters=[("name", "=", mux_name), ("state", "=", "ALIVE")]))
-        before = peak_rss_mb(pid)
+        gcs = ray.get_runtime_context().gcs_address  # this Ray's, not whichever else runs here
+        alive = list_actors(address=gcs, filters=[("name", "=", mux_name), ("state", "=", "ALIVE")])
+        pid = next(a.pid for a in alive)
+        before = status_mb(pid, "VmHWM")
+        peaks: dict[str, float] = {}
+        stop = asyncio.Event()
+        sampler = asyncio.ensure_future(sample_peaks(pid, peaks, stop))
         params = VideoParams(
             height=args.height,
             width=args.width,
@@ -62,11 +77,15 @@ async def one_video(clips: int, args: argparse.Namespace, png: bytes) -> dict:
         t0 = time.time()
         result = await engine.generate(png, params, args.format, work_dir=work)
         seconds = time.time() - t0
+        stop.set()
+        await sampler
         size = result.video.path and __import__("os").path.getsize(result.video.path)
         return {
             "clips": clips,
             "frames": clips * args.frames,
-            "mux_peak_rss_mb": round(peak_rss_mb(pid), 1),
+            "mux_peak_rss_mb": round(status_mb(pid, "VmHWM"), 1),
+            "mux_peak_private_mb": round(peaks["RssAnon"], 1),
+            "mux_peak_shared_mb": round(peaks["RssShmem"], 1),
             "mux_rss_after_start_mb": round(before, 1),
             "seconds": round(seconds, 1),
             "file_mb": round((size or len(result.video.data)) / 2**20, 1),
