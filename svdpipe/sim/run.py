@@ -70,7 +70,8 @@ class Simulation:
         return self.s.requests if self.s.requests is not None else 4 * self.workers(mode)
 
     def work_s(self) -> float:
-        return self.o.costs.work_s(self.s.steps, self.s.frames)
+        """W of one request: every clip's."""
+        return self.o.clips * self.o.costs.work_s(self.s.steps, self.s.frames)
 
     def arrival_rate_per_s(self) -> float:
         """--arrival-rate, or --arrival-rate-frac of the ideal N / W with N = --stages x --replicas."""
@@ -141,13 +142,16 @@ class Simulation:
             result["load_avg_1m_at_start"] = None  # a virtual clock: no machine load
             result["machine_cpu_busy"] = None
             result["split_requests"] = sum(f.split for f in done)
+            # the simulator's own: how often a split step's helper took the half or was busy
+            result["split_steps_helped"] = sum(f.helped_steps for f in done)
+            result["split_steps_declined"] = sum(f.declined_steps for f in done)
             out[f"{loop}_loop"] = result
         idle = [
             closed_loop(layout, o.costs, lambda _i: self.shape, 1, 1, s.seed + i, o.clips)[0]
             for i in range(s.idle_requests)
         ]
         latencies = [f.done - f.admitted for f in idle]
-        local = o.clips * (self.work_s() + o.costs.mux_s)  # one process: every phase in turn, no hop
+        local = self.work_s() + o.clips * o.costs.mux_s  # one process: every phase in turn, no hop
         out |= {
             "idle_latency_s": statistics.median(latencies) if latencies else None,
             "local_idle_latency_s": local if latencies else None,

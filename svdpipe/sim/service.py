@@ -121,6 +121,8 @@ class Finished:
     timings: list[HopEntry]
     plans: list[Plan]  # one per clip
     replica: int
+    helped_steps: int = 0  # CFG-split steps whose helper took the half
+    declined_steps: int = 0  # CFG-split steps whose helper was busy (the owner computed the whole step)
 
     @property
     def split(self) -> bool:
@@ -141,6 +143,8 @@ class _Request:
     trace: list[TraceEntry] = field(default_factory=list)
     timings: list[HopEntry] = field(default_factory=list)
     plans: list[Plan] = field(default_factory=list)
+    helped: int = 0
+    declined: int = 0
 
 
 @dataclass(eq=False)
@@ -349,8 +353,10 @@ class Service:
         helper = models[run.helper]  # type: ignore[index]
         if helper.free and not helper.queue:
             helper.helping = run.helped = True
+            run.clip.request.helped += 1
             dt = self.costs.step_s / 2 + self.costs.hop_s
         else:
+            run.clip.request.declined += 1
             dt = self.costs.step_s
         self.loop.after(dt * run.factor, self._step, replica, actor, run)
 
@@ -437,8 +443,7 @@ class Service:
         request.muxed += 1
         if request.muxed == request.job.clips:
             rep.inflight -= 1
-            self.on_done(
-                Finished(request.job, request.admitted, now, request.trace, request.timings, request.plans, replica)
-            )
+            r = request
+            self.on_done(Finished(r.job, r.admitted, now, r.trace, r.timings, r.plans, replica, r.helped, r.declined))
             self._admit_waiting()
         self._mux_dispatch(replica, mux)
