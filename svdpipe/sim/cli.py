@@ -298,13 +298,13 @@ def _format_answer(answer: Any, costs: Any, traffic: Any, slo: Any) -> str:
         f"T={traffic.shape.num_steps}, {traffic.shape.num_frames} frames, {traffic.duration_s:g} s; SLO: "
         + ", ".join(slos),
         "",
-        f"{'GPUs':>5}  {'best layout':<28}{'samples/h':>10}{'p95 s':>9}{'meets':>7}{'capacity/h':>12}",
+        f"{'GPUs':>5}  {'best layout':<34}{'samples/h':>10}{'p95 s':>9}{'meets':>7}{'capacity/h':>12}",
     ]
     for c in answer.curve:
         p = c.at_rate
         cap = f"{c.capacity_per_hour:>12.0f}" if c.capacity_per_hour else f"{'-':>12}"
         lines.append(
-            f"{c.gpus:>5}  {p.layout.describe():<28}{p.samples_per_hour:>10.0f}{p.p95_s:>9.1f}"
+            f"{c.gpus:>5}  {p.layout.describe():<34}{p.samples_per_hour:>10.0f}{p.p95_s:>9.1f}"
             f"{'yes' if p.meets else 'no':>7}" + cap
         )
     best = answer.cheapest
