@@ -26,6 +26,12 @@ costs shipped with svdpipe: {names}), or the bench's --simulate-step-ms/-encode-
 override the profile's figure for their phase). --cost-cv spreads each call's duration (lognormal, seeded by
 --seed). A named table also sets --steps and --frames to its own when they are not given.
 
+The flags that only matter on Ray (--model, --dtype, --transport, --num-gpus-per-actor, --num-cpus-per-actor,
+--height, --width, --torch-threads, --address, --ray-timeline, --save-profile, --parareal-tol) are accepted, so
+a bench command line runs unchanged, and ignored; a command line without costs needs --profile or
+--profile-name. --replicas R runs R pipelines of --stages actors over one job queue (N in --arrival-rate-frac
+is then --stages x R).
+
 Not modelled: transfers' sizes (a hop costs --hop-ms whatever it carries), the events' delay to the planner
 (it sees them at once), failures and retries, the CPU the actors share. Parareal is coarse: see
 svdpipe/sim/service.py.
