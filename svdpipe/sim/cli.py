@@ -207,7 +207,8 @@ def run_simulate_command(args: argparse.Namespace) -> int:
     text = json.dumps(result, indent=2)
     if args.out_json:
         Path(args.out_json).write_text(text + "\n")
-    print(text if args.json else format_table(result) + f"\n\nsimulated: {costs}", flush=True)
+    arrivals = f"; open-loop arrivals from {args.trace}, not Poisson" if trace is not None else ""
+    print(text if args.json else format_table(result) + f"\n\nsimulated: {costs}{arrivals}", flush=True)
     return 0
 
 

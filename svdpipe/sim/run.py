@@ -74,8 +74,11 @@ class Simulation:
         return self.o.clips * self.o.costs.work_s(self.s.steps, self.s.frames)
 
     def arrival_rate_per_s(self) -> float:
-        """--arrival-rate, or --arrival-rate-frac of the ideal N / W with N = --stages x --replicas."""
+        """A trace's mean rate, else --arrival-rate, else --arrival-rate-frac of the ideal N / W with
+        N = --stages x --replicas."""
         s = self.s
+        if self.o.trace is not None:  # a trace: its mean rate
+            return len(self.o.trace) / max(self.o.trace[-1].arrival, 1e-9)
         if s.arrival_rate is not None:
             return s.arrival_rate
         if s.arrival_rate_frac is None:
@@ -131,12 +134,10 @@ class Simulation:
                 done = closed_loop(layout, o.costs, self.shape_for(), total, concurrency, s.seed, o.clips)
                 result = {"concurrency": concurrency, **summarise(to_samples(done), self.workers(mode), names)}
             else:
-                rate = self.arrival_rate_per_s() if o.trace is None else None
+                rate = self.arrival_rate_per_s()
                 arrivals = self.arrivals()
                 done, events = open_loop(layout, o.costs, self.shape_for(), arrivals, s.seed, o.clips)
                 self.events += events
-                if rate is None:  # a trace: its mean rate
-                    rate = len(arrivals) / max(arrivals[-1], 1e-9)
                 result = {"seed": s.seed, **summarise_open(to_samples(done), rate, names)}
             result["efficiency"] = efficiency(result["samples_per_hour"], ideal)
             result["load_avg_1m_at_start"] = None  # a virtual clock: no machine load
@@ -191,7 +192,7 @@ def simulate(settings: BenchSettings, options: SimOptions) -> dict[str, Any]:
         },
     }
     if "open" in settings.loop_kinds:
-        out["arrival_rate_per_s"] = sim.arrival_rate_per_s() if options.trace is None else None
+        out["arrival_rate_per_s"] = sim.arrival_rate_per_s()
     if "pipeline" in modes:
         out["idle_latency_ratio"] = modes["pipeline"]["idle_latency_ratio"]
         if "data-parallel" in modes and "closed" in settings.loop_kinds:

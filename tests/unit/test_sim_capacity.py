@@ -138,3 +138,15 @@ def _trace(tmp_path):
     path = tmp_path / "trace.txt"
     path.write_text("\n".join(str(4.0 * i) for i in range(100)) + "\n")
     return path
+
+
+def test_simulate_runs_a_trace_with_its_shapes(capsys, tmp_path):
+    path = tmp_path / "trace.csv"
+    path.write_text("seconds,steps,frames\n0,4,1\n100,8,2\n")
+    code = main(["simulate", "--simulate-step-ms", "1000", "--stages", "1", "--modes", "pipeline", "--hop-ms", "0",
+                 "--mux-ms", "0", "--trace", str(path), "--idle-requests", "0", "--json"])  # fmt: skip
+    assert code == 0
+    out = json.loads(capsys.readouterr().out)
+    opened = out["modes"]["pipeline"]["open_loop"]
+    assert opened["requests"] == 2 and opened["latency_p50_s"] == pytest.approx(6.0)  # 4 s and 8 s
+    assert out["arrival_rate_per_s"] == pytest.approx(0.02)
