@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from svdpipe.bench.cli import add_settings_flags
+from svdpipe.cli_flags import add_model_flags, model_from_args
 from svdpipe.sim.costs import ASSUMPTIONS
+from svdpipe.sim.settings import SimSettings
 
 _SIMULATE_HELP = """the service on a virtual clock: the real planner, simulated actors, in seconds instead of hours.
 
@@ -77,25 +79,15 @@ _CAPACITY_SKIP = frozenset(
 )
 
 
-def _add_cost_flags(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("simulated costs and service")
-    g.add_argument(
-        "--profile-name",
-        choices=sorted(ASSUMPTIONS),
-        help="a table of ASSUMED costs shipped with svdpipe, instead of --profile: "
-        + "; ".join(f"{k}: {a.note}" for k, a in ASSUMPTIONS.items()),
+def _add_sim_flags(p: argparse.ArgumentParser, skip: frozenset[str] = frozenset()) -> None:
+    add_model_flags(p, SimSettings, skip=skip)
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+
+
+def _tables() -> str:
+    return "\nThe tables of assumed costs (--profile-name):\n" + "\n".join(
+        f"  {name}: {a.note}" for name, a in ASSUMPTIONS.items()
     )
-    g.add_argument("--cost-cv", type=float, help="coefficient of variation of each call's duration (default: the "
-                   "profile's spread over its steps, else 0: deterministic)")  # fmt: skip
-    g.add_argument("--hop-ms", type=float, help="turnaround of every call on its actor (default 3.0: measured here)")
-    g.add_argument("--mux-ms", type=float, help="writing one video on a mux actor (default: the table's, else 50)")
-    g.add_argument("--max-inflight", type=int, help="requests each pipeline admits at once (default: the bench's "
-                   "max(16, C) for simulate, the engine's 16 for capacity)")  # fmt: skip
-    g.add_argument("--clips", type=int, default=1, help="clips per request (a long video: each clip is admitted "
-                   "when the previous clip's last frame is decoded; default 1)")  # fmt: skip
-    g.add_argument("--trace", metavar="FILE", help="open-loop arrivals from FILE, one per line: "
-                   "seconds[,steps[,frames]] (instead of Poisson arrivals)")  # fmt: skip
-    g.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
 
 
 def add_simulate_parser(subparsers: Any) -> None:
@@ -103,12 +95,11 @@ def add_simulate_parser(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "simulate",
         help="the service on a virtual clock (the real planner): bench figures in seconds",
-        description=_SIMULATE_HELP.format(names=", ".join(ASSUMPTIONS)),
+        description=_SIMULATE_HELP.format(names=", ".join(ASSUMPTIONS)) + _tables(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_settings_flags(p)
-    _add_cost_flags(p)
-    p.add_argument("--replicas", type=int, default=1, help="R pipelines of --stages actors sharing one job queue")
+    _add_sim_flags(p)
     p.add_argument("--label", help="a name for this run, kept in the JSON")
     p.add_argument("--out-json", metavar="FILE", help="also write the JSON object to FILE")
     v = p.add_argument_group("validation (runs Ray: the bench and the simulator on the same configurations)")
@@ -122,11 +113,11 @@ def add_capacity_parser(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "capacity",
         help="the fewest GPUs (and the layout) that carry a traffic within its SLOs, by simulation",
-        description=_CAPACITY_HELP,
+        description=_CAPACITY_HELP + _tables(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_settings_flags(p, skip=_CAPACITY_SKIP)
-    _add_cost_flags(p)
+    _add_sim_flags(p, skip=frozenset({"replicas"}))
     s = p.add_argument_group("SLOs and search")
     s.add_argument("--p95", type=parse_seconds, metavar="DURATION", help="p95 latency SLO, e.g. 90s, 2m, 90")
     s.add_argument("--min-throughput", type=float, metavar="PER_HOUR", help="samples/hour the layout must serve "
@@ -150,34 +141,34 @@ def parse_seconds(text: str) -> float:
     return float(m.group(1)) * scale
 
 
-def _costs(args: argparse.Namespace, frames: int) -> Any:
+def _costs(args: argparse.Namespace, sim: SimSettings, frames: int) -> Any:
     from svdpipe.sim.costs import choose
 
     return choose(
         args.profile,
-        args.profile_name,
+        sim.profile_name,
         frames,
         args.simulate_step_ms,
         args.simulate_encode_ms,
         args.simulate_decode_ms,
-        args.cost_cv,
-        args.hop_ms,
-        args.mux_ms,
+        sim.cost_cv,
+        sim.hop_ms,
+        sim.mux_ms,
     )
 
 
-def _table_defaults(args: argparse.Namespace) -> None:
+def _table_defaults(args: argparse.Namespace, sim: SimSettings) -> None:
     """A named table's request shape, where --steps and --frames are not given."""
-    if args.profile_name is not None:
-        table = ASSUMPTIONS[args.profile_name]
+    if sim.profile_name is not None:
+        table = ASSUMPTIONS[sim.profile_name]
         args.steps = args.steps if args.steps is not None else table.steps
         args.frames = args.frames if args.frames is not None else table.frames
 
 
-def _trace(args: argparse.Namespace) -> Any:
+def _trace(sim: SimSettings) -> Any:
     from svdpipe.sim.workload import read_trace
 
-    return tuple(read_trace(args.trace)) if args.trace else None
+    return tuple(read_trace(sim.trace)) if sim.trace else None
 
 
 def run_simulate_command(args: argparse.Namespace) -> int:
@@ -191,23 +182,22 @@ def run_simulate_command(args: argparse.Namespace) -> int:
         rows = run_validation(args.quick)
         print(json.dumps(rows, indent=2) if args.json else format_errors(rows), flush=True)
         return 0
-    _table_defaults(args)
-    trace = _trace(args)
+    sim = model_from_args(SimSettings, args)
+    _table_defaults(args, sim)
+    trace = _trace(sim)
     if trace is not None:  # a trace is an open loop; its mean rate stands for the rate the settings ask for
         args.loops = args.loops or ("open",)
         if args.arrival_rate is None and args.arrival_rate_frac is None:
             args.arrival_rate = len(trace) / max(trace[-1].arrival, 1e-9)
     settings = settings_from_args(args)
-    if args.replicas < 1 or args.clips < 1:
-        raise ValueError("--replicas and --clips must be at least 1")
-    costs = _costs(args, settings.frames)
-    result = simulate(settings, SimOptions(costs, args.replicas, args.max_inflight, args.clips, trace))
+    costs = _costs(args, sim, settings.frames)
+    result = simulate(settings, SimOptions(costs, sim.replicas, sim.max_inflight, sim.clips, trace))
     if args.label:
         result["label"] = args.label
     text = json.dumps(result, indent=2)
     if args.out_json:
         Path(args.out_json).write_text(text + "\n")
-    arrivals = f"; open-loop arrivals from {args.trace}, not Poisson" if trace is not None else ""
+    arrivals = f"; open-loop arrivals from {sim.trace}, not Poisson" if trace is not None else ""
     print(text if args.json else format_table(result) + f"\n\nsimulated: {costs}{arrivals}", flush=True)
     return 0
 
@@ -217,12 +207,13 @@ def run_capacity_command(args: argparse.Namespace) -> int:
     from svdpipe.planner import RequestShape
     from svdpipe.sim.capacity import Slo, Traffic, plot, search, write_csv
 
-    _table_defaults(args)
+    sim = model_from_args(SimSettings, args)
+    _table_defaults(args, sim)
     d = BenchSettings.model_fields
     steps = args.steps if args.steps is not None else d["steps"].default
     frames = args.frames if args.frames is not None else d["frames"].default
     chunk = args.decode_chunk_size or frames
-    trace = _trace(args)
+    trace = _trace(sim)
     rate = args.arrival_rate
     if trace is not None:
         rate = len(trace) / max(trace[-1].arrival, 1e-9)
@@ -232,14 +223,14 @@ def run_capacity_command(args: argparse.Namespace) -> int:
         raise ValueError("capacity needs traffic: --arrival-rate, --trace or --min-throughput")
     if args.p95 is None and args.min_throughput is None:
         raise ValueError("capacity needs an SLO: --p95 and/or --min-throughput")
-    if args.clips < 1:
-        raise ValueError("--clips must be at least 1")
     modes = [m.strip() for m in args.latency_modes.split(",") if m.strip()]
     if not modes or any(m not in ("off", "cfg-split", "auto", "parareal") for m in modes):
         raise ValueError(f"--latency-modes: expected off, cfg-split, auto or parareal, got {args.latency_modes!r}")
-    costs = _costs(args, frames)
+    if args.max_gpus < 1:
+        raise ValueError(f"--max-gpus must be at least 1, got {args.max_gpus}")
+    costs = _costs(args, sim, frames)
     traffic = Traffic(
-        RequestShape(steps, frames, chunk), rate, args.duration_s or 3600.0, args.seed or 0, trace, args.clips
+        RequestShape(steps, frames, chunk), rate, args.duration_s or 3600.0, args.seed or 0, trace, sim.clips
     )
     slo = Slo(args.p95, args.min_throughput)
     parallelisms = ("pipeline", "data-parallel") if args.parallelism == "both" else (args.parallelism,)
@@ -249,7 +240,7 @@ def run_capacity_command(args: argparse.Namespace) -> int:
         slo,
         args.max_gpus,
         args.mux_actors or 2,
-        args.max_inflight or 16,
+        sim.max_inflight or 16,
         parallelisms,
         modes,
         curve=not args.no_curve,

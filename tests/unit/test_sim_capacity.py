@@ -150,3 +150,13 @@ def test_simulate_runs_a_trace_with_its_shapes(capsys, tmp_path):
     opened = out["modes"]["pipeline"]["open_loop"]
     assert opened["requests"] == 2 and opened["latency_p50_s"] == pytest.approx(6.0)  # 4 s and 8 s
     assert out["arrival_rate_per_s"] == pytest.approx(0.02)
+
+
+def test_the_profile_name_flag_names_every_table():
+    from typing import get_args
+
+    from svdpipe.sim.costs import ASSUMPTIONS
+    from svdpipe.sim.settings import ProfileName
+
+    assert set(get_args(ProfileName)) == set(ASSUMPTIONS)
+    assert all("ASSUMED" in a.note for a in ASSUMPTIONS.values())
