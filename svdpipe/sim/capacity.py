@@ -159,10 +159,12 @@ def search(
     """Every layout of 1..max_gpus GPUs at the traffic's rate; the cheapest that meets the SLOs; the curve."""
     if max_gpus < 1:
         raise ValueError(f"--max-gpus must be at least 1, got {max_gpus}")
+    from tqdm import tqdm
+
     points: list[Point] = []
     best: list[CurvePoint] = []
     cheapest: Point | None = None
-    for gpus in range(1, max_gpus + 1):
+    for gpus in tqdm(range(1, max_gpus + 1), desc="GPU counts", unit="count", leave=False, disable=None):
         tried = [
             evaluate(layout, costs, traffic, traffic.rate_per_s, slo)
             for layout in layouts(gpus, mux_actors, max_inflight, parallelisms, latency_modes)
