@@ -1,4 +1,5 @@
-"""The `svdpipe` command: generate, serve, bench, gpu-check, export-model. Heavy imports stay inside commands."""
+"""The `svdpipe` command: generate, serve, bench, gpu-check, simulate, capacity, export-model. Heavy imports stay
+inside commands."""
 
 from __future__ import annotations
 
@@ -51,6 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     from svdpipe.gpucheck import add_gpu_check_parser
 
     add_gpu_check_parser(sub)
+    from svdpipe.sim.cli import add_capacity_parser, add_simulate_parser
+
+    add_simulate_parser(sub)
+    add_capacity_parser(sub)
 
     exp = sub.add_parser("export-model", help="save a built-in model as a diffusers directory")
     exp.add_argument("--model", default="tiny", choices=["tiny", "random-full", "random-full-xt"])
@@ -82,6 +87,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             from svdpipe.gpucheck import run_gpu_check_command
 
             return run_gpu_check_command(args)
+        if args.command == "simulate":
+            from svdpipe.sim.cli import run_simulate_command
+
+            return run_simulate_command(args)
+        if args.command == "capacity":
+            from svdpipe.sim.cli import run_capacity_command
+
+            return run_capacity_command(args)
     except (SvdpipeError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
         print(f"svdpipe: error: {describe_validation_error(exc)}", file=sys.stderr)
         return 2
