@@ -202,10 +202,19 @@ def summarise(samples: Sequence[Sample], workers: int, model_actors: Collection[
         "hop_into_busy_actor_ms": median(busy_hops) if busy_hops else None,
         "dispatch_ms": median(dispatch) if dispatch else None,
         "actor_step_ms": median(steps) if steps else None,
-        # Busy fraction of each actor over the span in which it worked on the measured requests (the first one's
-        # start to the last one's finish): a window of completions would count the idle drain at the end.
-        **busy_fractions(measured, model_actors),
+        **busy_fractions(samples, model_actors, _full_load_span(samples, start, end)),
     }
+
+
+def _full_load_span(samples: Sequence[Sample], start: float, end: float) -> tuple[float, float] | None:
+    """Where a closed loop's busy fractions are measured: from the steady-state window's start to the last
+    request's send (after it, fewer than C requests are in flight: the drain), counting every request's work
+    in that span, whichever request it served. (Counting only the measured requests' work misses what each
+    actor did in the span for requests that ended outside the window: early in the chain just before the end,
+    late in the chain just after the start.) None when the span is empty: each actor's own span then."""
+    last_sent = max(s.sent for s in samples)
+    stop = min(end, last_sent)
+    return (start, stop) if stop > start else None
 
 
 def summarise_open(
