@@ -121,10 +121,9 @@ def main() -> None:
     for row in rows:
         print(json.dumps(row))
     if len(rows) >= 2:
-        print(
-            f"peak ratio {rows[-1]['clips']} clips / {rows[0]['clips']}: "
-            f"{rows[-1]['mux_peak_rss_mb'] / rows[0]['mux_peak_rss_mb']:.3f}"
-        )
+        for key in ("mux_peak_rss_mb", "mux_peak_private_mb"):
+            ratio = rows[-1][key] / rows[0][key]
+            print(f"{key}: {rows[-1]['clips']} clips / {rows[0]['clips']}: {ratio:.3f}")
 
 
 if __name__ == "__main__":
