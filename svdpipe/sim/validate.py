@@ -3,8 +3,7 @@ stand-in model's simulated costs) and in the simulator (with the cost profile th
 run), and the simulator's error on samples/h, p50 and p95.
 
 Each configuration is small (a few requests of a few 200 ms steps) so the whole matrix runs in about a quarter
-of an hour on a 2-core machine; `--quick` runs two of them. Long videos (clips) are not in the matrix: the bench
-does not run them yet.
+of an hour on a 2-core machine; `--quick` runs two of them.
 """
 
 from __future__ import annotations
@@ -45,7 +44,7 @@ def _case(name: str, **fields: Any) -> Case:
 
 
 def matrix(quick: bool = False) -> list[Case]:
-    """N in {1, 3, 7}, pipeline and data-parallel, closed and open loops, latency mode auto."""
+    """N in {1, 3, 7}, pipeline and data-parallel, closed and open loops, latency mode auto, long videos."""
     cases = [
         _case("N=1 closed", stages=1, modes=("pipeline",), loops=("closed",), requests=4, concurrency=2),
         _case("N=3 pipeline closed", stages=3, modes=("pipeline",), loops=("closed",), requests=12, concurrency=6),
@@ -87,6 +86,18 @@ def matrix(quick: bool = False) -> list[Case]:
             loops=("open",),
             arrival_rate_frac=0.6,
             requests=14,
+        ),
+        _case(
+            "N=3 pipeline 3-clip videos",
+            stages=3,
+            modes=("pipeline",),
+            loops=("closed",),
+            clips=3,
+            frames=4,
+            decode_chunk_size=2,
+            requests=6,
+            concurrency=3,
+            idle_requests=0,
         ),
         _case(
             "N=7 pipeline auto open 0.3",
