@@ -206,6 +206,20 @@ def summarise(samples: Sequence[Sample], workers: int, model_actors: Collection[
     }
 
 
+def clips_per_hour(samples: Sequence[Sample], model_actors: Collection[str], concurrency: int) -> float | None:
+    """A closed loop's finished clips (mux calls: one per clip of a long video, one per request otherwise) per
+    hour while every client has a request in flight: from the `concurrency`-th clip's finish (the fill) to the
+    last request's send (then the drain starts). Long videos end in bunches (their clients start together and
+    their requests take as long), which the window of request completions (steady_state_rate) cannot average
+    out; their clips end at a steady pace. None when that span holds no clip."""
+    ends = sorted(e.finished for s in samples for e in s.trace if e.stage not in model_actors)
+    if len(ends) <= concurrency:
+        return None
+    start, stop = ends[concurrency - 1], max(s.sent for s in samples)
+    inside = sum(1 for t in ends if start < t <= stop)
+    return 3600.0 * inside / (stop - start) if stop > start and inside else None
+
+
 def _full_load_span(samples: Sequence[Sample], start: float, end: float) -> tuple[float, float] | None:
     """Where a closed loop's busy fractions are measured: from the steady-state window's start to the last
     request's send (after it, fewer than C requests are in flight: the drain), counting every request's work

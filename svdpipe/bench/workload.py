@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from svdpipe.bench.metrics import (
     Sample,
     arrival_rate_from_fraction,
+    clips_per_hour,
     cpu_busy_fraction,
     efficiency,
     exchange_ms_per_step,
@@ -289,7 +290,6 @@ class BenchRun:
         for loop in s.loop_kinds:
             result = await self.run_loop(loop, mode, engine, lambda i, first=sent: dispatch(first + i))
             result["efficiency"] = efficiency(result["samples_per_hour"], ideal)
-            result["frames_per_hour"] = result["samples_per_hour"] * s.clips * s.frames
             out[f"{loop}_loop"] = result
             sent += result["requests"]
         # One request at a time on the idle system, alternating with the local path so both see the same
@@ -322,6 +322,9 @@ class BenchRun:
             concurrency = s.concurrency_for(mode)
             samples = await closed_loop(dispatch, s.num_requests, concurrency, desc=f"{mode} closed")
             out = {"concurrency": concurrency, **summarise(samples, s.workers_for(mode), model_actors)}
+            # Frames at the steady pace of finished clips (metrics.clips_per_hour): long and short videos compare.
+            per_hour = clips_per_hour(samples, model_actors, concurrency)
+            out["frames_per_hour"] = per_hour * s.frames if per_hour is not None else None
             if mode == "pipeline" and s.ray_timeline:
                 import ray
 
