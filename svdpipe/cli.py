@@ -1,4 +1,5 @@
-"""The `svdpipe` command: generate, serve, bench, gpu-check, export-model. Heavy imports stay inside commands."""
+"""The `svdpipe` command: generate, serve, bench, gpu-check, simulate, capacity, export-model. Heavy imports stay
+inside commands."""
 
 from __future__ import annotations
 
@@ -27,6 +28,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--image", default=str(SAMPLE_IMAGE), help="input image (default: the bundled sample)")
     gen.add_argument("--out", required=True, help="output file; .mp4, .webm, .gif or .npy picks the format")
     gen.add_argument("--engine", choices=["ray", "local"], default="ray", help="stage actors on Ray, or one process")
+    gen.add_argument(
+        "--work-dir",
+        help="long videos (--num-clips > 1): keep finished clips here; run again with the same flags to resume",
+    )
     gen.add_argument("--address", default=None, help="join this Ray cluster (default: start a local Ray)")
     add_model_flags(gen, EngineConfig, _ENGINE_ALIASES, _ENGINE_SKIP)
     add_model_flags(gen, VideoParams)
@@ -47,6 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     from svdpipe.gpucheck import add_gpu_check_parser
 
     add_gpu_check_parser(sub)
+    from svdpipe.sim.cli import add_capacity_parser, add_simulate_parser
+
+    add_simulate_parser(sub)
+    add_capacity_parser(sub)
 
     exp = sub.add_parser("export-model", help="save a built-in model as a diffusers directory")
     exp.add_argument("--model", default="tiny", choices=["tiny", "random-full", "random-full-xt"])
@@ -78,6 +87,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             from svdpipe.gpucheck import run_gpu_check_command
 
             return run_gpu_check_command(args)
+        if args.command == "simulate":
+            from svdpipe.sim.cli import run_simulate_command
+
+            return run_simulate_command(args)
+        if args.command == "capacity":
+            from svdpipe.sim.cli import run_capacity_command
+
+            return run_capacity_command(args)
     except (SvdpipeError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
         print(f"svdpipe: error: {describe_validation_error(exc)}", file=sys.stderr)
         return 2
@@ -109,11 +126,14 @@ def _generate(args: argparse.Namespace) -> int:
     params = model_from_args(VideoParams, args)
     format_from_path(args.out)
     image = load_image(args.image)
-    resolved = resolve_params(params, model_spec(config.model), config.max_video_pixels)
+    resolved = resolve_params(params, model_spec(config.model), config.max_video_pixels, max_clips=config.max_clips)
     params = params.model_copy(update={"seed": resolved.seed})
     # 2. Run.
-    bar = tqdm(total=params.num_inference_steps, desc="denoising", unit="step")
-    if args.engine == "local":
+    bar = tqdm(total=params.num_inference_steps * params.num_clips, desc="denoising", unit="step")
+    if params.num_clips > 1:
+        path = _generate_clips(args, config, image, params, bar)
+        frames = f"{params.num_clips} clips of {resolved.num_frames} frames"
+    elif args.engine == "local":
         from svdpipe.local import LocalPipeline
 
         result = LocalPipeline(config).generate(image, params, on_step=lambda _i: bar.update())
@@ -125,12 +145,28 @@ def _generate(args: argparse.Namespace) -> int:
             config, image, params, address=args.address, on_steps=bar.update, on_ready=lambda: _restart(bar)
         )
     bar.close()
-    path = write_video(result.frames, args.out, fps=result.params.fps)
-    print(
-        f"wrote {path} ({result.frames.shape[0]} frames, {result.params.width}x{result.params.height}, "
-        f"seed {result.params.seed})"
-    )
+    if params.num_clips == 1:
+        path = write_video(result.frames, args.out, fps=result.params.fps)
+        frames = f"{result.frames.shape[0]} frames"
+    print(f"wrote {path} ({frames}, {resolved.width}x{resolved.height}, seed {resolved.seed})")
     return 0
+
+
+def _generate_clips(args: argparse.Namespace, config: EngineConfig, image: Any, params: VideoParams, bar: Any) -> Any:
+    """A long video, streamed clip by clip into `args.out` (clips kept in --work-dir, if given, for a resume)."""
+    from svdpipe.video import format_from_path
+
+    fmt = format_from_path(args.out)
+    if args.engine == "local":
+        from svdpipe.local import LocalPipeline
+
+        return LocalPipeline(config).generate_clips(image, params, args.out, on_step=lambda _i: bar.update())
+    from svdpipe.engine.sync import generate_file_once
+
+    bar.set_description("starting stage actors")
+    return generate_file_once(
+        config, image, params, args.out, fmt, args.work_dir, args.address, bar.update, lambda: _restart(bar)
+    )
 
 
 def _restart(bar: Any) -> None:

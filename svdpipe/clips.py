@@ -20,9 +20,10 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -117,7 +118,8 @@ class ClipDir:
                     shutil.rmtree(child, ignore_errors=True)
                 else:
                     child.unlink(missing_ok=True)
-            write_atomic(marker, json.dumps(wanted, sort_keys=True).encode())
+            data = json.dumps(wanted, sort_keys=True).encode()
+            write_atomic(marker, lambda f: f.write(data))
         return self.done(params.num_clips)
 
     def done(self, num_clips: int) -> int:
@@ -128,10 +130,8 @@ class ClipDir:
         return k
 
     def write_clip(self, k: int, frames: np.ndarray) -> Path:
-        buf = io.BytesIO()
-        np.save(buf, frames)
         path = self.clip_path(k)
-        write_atomic(path, buf.getvalue())
+        write_atomic(path, lambda f: np.save(f, frames))  # straight to the file: no copy of the clip in memory
         return path
 
     def read_clip(self, k: int) -> np.ndarray:
@@ -150,16 +150,18 @@ class ClipDir:
         return data["mean"], data["std"]
 
     def set_colors(self, stats: tuple[list[float], list[float]]) -> None:
-        write_atomic(self.path / _COLORS, json.dumps({"mean": stats[0], "std": stats[1]}).encode())
+        data = json.dumps({"mean": stats[0], "std": stats[1]}).encode()
+        write_atomic(self.path / _COLORS, lambda f: f.write(data))
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path` through a temporary file in the same directory and a rename: a reader sees the
-    old file or the whole new one, never a part (and a crash leaves no partial file under the name)."""
+def write_atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Write a file at `path` with `write(file)` through a temporary file in the same directory and a rename: a
+    reader sees the old file or the whole new one, never a part (and a crash leaves no partial file under the
+    name)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as f:
-            f.write(data)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import io
 import logging
+import os
 import uuid
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
 import PIL.Image
 
 from svdpipe import parareal, stages
+from svdpipe.clips import image_png
 from svdpipe.config import EngineConfig, ResolvedParams, VideoParams, resolve_params
 from svdpipe.models import SVDModel, load_model
 from svdpipe.partition import request_ranges
@@ -52,11 +56,11 @@ class LocalPipeline:
     def generate(
         self,
         image: PIL.Image.Image,
-        params: VideoParams,
+        params: VideoParams | ResolvedParams,
         on_step: Callable[[int], None] | None = None,
         request_id: str | None = None,
     ) -> VideoResult:
-        resolved = resolve_params(params, self.model.spec)
+        resolved = params if isinstance(params, ResolvedParams) else resolve_params(params, self.model.spec)
         request_id = request_id or uuid.uuid4().hex
         # 1. encode
         state = stages.encode(self.model, image, resolved, request_id)
@@ -82,6 +86,34 @@ class LocalPipeline:
                 state = stages.denoise(self.model, state, steps, on_step)
         # 3. decode
         return VideoResult(request_id, stages.decode(self.model, state), resolved, stats)
+
+    def generate_clips(
+        self,
+        image: PIL.Image.Image,
+        params: VideoParams,
+        out: str | os.PathLike[str],
+        on_step: Callable[[int], None] | None = None,
+    ) -> Path:
+        """A long video in this process, clip after clip as diffusers' loop makes it (svdpipe/clips.py), streamed
+        into the file `out` (one clip's frames in memory at a time)."""
+        from svdpipe.clips import clip_params, color_stats, match_colors
+        from svdpipe.video import VideoStream, format_from_path
+
+        resolved = resolve_params(params, self.model.spec, max_clips=self.config.max_clips)
+        stream = VideoStream(out, format_from_path(out), resolved.fps, resolved.num_frames * resolved.num_clips)
+        colors = None
+        try:
+            for k in range(resolved.num_clips):
+                frames = self.generate(image, clip_params(resolved, k), on_step).frames
+                if resolved.color_match:
+                    colors = colors or color_stats(frames)
+                    frames = match_colors(frames, colors) if k else frames
+                stream.append(frames)
+                image = PIL.Image.open(io.BytesIO(image_png(frames[-1])))
+            return stream.close()
+        except BaseException:
+            stream.abort()
+            raise
 
 
 def solve_parareal(

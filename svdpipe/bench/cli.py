@@ -44,27 +44,7 @@ def add_bench_parser(subparsers: Any) -> None:
         description=_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_model_flags(p, BenchSettings, skip={"modes", "loops", "mode_latency"})
-    fields = BenchSettings.model_fields
-    p.add_argument(
-        "--modes",
-        dest="modes",
-        type=_mode_list,
-        default=None,
-        metavar="MODE[,MODE...]",
-        help=f"{fields['modes'].description} (default: {','.join(MODES)})",
-    )
-    p.add_argument(
-        "--loops", dest="loops", type=_loop_list, default=None, metavar="LOOP[,LOOP]", help=fields["loops"].description
-    )
-    p.add_argument(
-        "--mode-latency",
-        dest="mode_latency",
-        type=_mode_latency,
-        default=None,
-        metavar="MODE=LATENCY[,...]",
-        help=f"{fields['mode_latency'].description} (e.g. data-parallel=off)",
-    )
+    add_settings_flags(p)
     proj = p.add_argument_group("projection (no run: arithmetic from assumed costs and a per-hop overhead)")
     proj.add_argument("--project", action="store_true", help="print the projection for --stages GPUs and exit")
     proj.add_argument("--assume-step-ms", type=float, help="assumed UNet step cost (with CFG), if no --profile")
@@ -78,6 +58,40 @@ def add_bench_parser(subparsers: Any) -> None:
     p.add_argument("--from-json", nargs="+", metavar="FILE", help="plot earlier --out-json files; run nothing")
 
 
+def add_settings_flags(p: argparse.ArgumentParser, skip: set[str] | frozenset[str] = frozenset()) -> None:
+    """A flag for every BenchSettings field not in `skip` (`svdpipe simulate` and `svdpipe capacity` take the
+    same flags, so a bench command line runs in the simulator as it is)."""
+    add_model_flags(p, BenchSettings, skip={"modes", "loops", "mode_latency", *skip})
+    fields = BenchSettings.model_fields
+    if "modes" not in skip:
+        p.add_argument(
+            "--modes",
+            dest="modes",
+            type=_mode_list,
+            default=None,
+            metavar="MODE[,MODE...]",
+            help=f"{fields['modes'].description} (default: {','.join(MODES)})",
+        )
+    if "loops" not in skip:
+        p.add_argument(
+            "--loops",
+            dest="loops",
+            type=_loop_list,
+            default=None,
+            metavar="LOOP[,LOOP]|none",
+            help=fields["loops"].description,
+        )
+    if "mode_latency" not in skip:
+        p.add_argument(
+            "--mode-latency",
+            dest="mode_latency",
+            type=_mode_latency,
+            default=None,
+            metavar="MODE=LATENCY[,...]",
+            help=f"{fields['mode_latency'].description} (e.g. data-parallel=off)",
+        )
+
+
 def _mode_list(text: str) -> tuple[str, ...]:
     modes = tuple(m.strip() for m in text.split(",") if m.strip())
     unknown = [m for m in modes if m not in MODES]
@@ -87,10 +101,14 @@ def _mode_list(text: str) -> tuple[str, ...]:
 
 
 def _loop_list(text: str) -> tuple[str, ...]:
+    if text.strip() == "none":
+        return ()
     loops = tuple(m.strip() for m in text.split(",") if m.strip())
     unknown = [m for m in loops if m not in LOOPS]
     if unknown or not loops:
-        raise argparse.ArgumentTypeError(f"unknown loop(s) {unknown or text!r}; choose from {', '.join(LOOPS)}")
+        raise argparse.ArgumentTypeError(
+            f"unknown loop(s) {unknown or text!r}; choose from {', '.join(LOOPS)} (or none)"
+        )
     return loops
 
 

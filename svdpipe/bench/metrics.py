@@ -202,10 +202,33 @@ def summarise(samples: Sequence[Sample], workers: int, model_actors: Collection[
         "hop_into_busy_actor_ms": median(busy_hops) if busy_hops else None,
         "dispatch_ms": median(dispatch) if dispatch else None,
         "actor_step_ms": median(steps) if steps else None,
-        # Busy fraction of each actor over the span in which it worked on the measured requests (the first one's
-        # start to the last one's finish): a window of completions would count the idle drain at the end.
-        **busy_fractions(measured, model_actors),
+        **busy_fractions(samples, model_actors, _full_load_span(samples, start, end)),
     }
+
+
+def clips_per_hour(samples: Sequence[Sample], model_actors: Collection[str], concurrency: int) -> float | None:
+    """A closed loop's finished clips (mux calls: one per clip of a long video, one per request otherwise) per
+    hour while every client has a request in flight: from the `concurrency`-th clip's finish (the fill) to the
+    last request's send (then the drain starts). Long videos end in bunches (their clients start together and
+    their requests take as long), which the window of request completions (steady_state_rate) cannot average
+    out; their clips end at a steady pace. None when that span holds no clip."""
+    ends = sorted(e.finished for s in samples for e in s.trace if e.stage not in model_actors)
+    if len(ends) <= concurrency:
+        return None
+    start, stop = ends[concurrency - 1], max(s.sent for s in samples)
+    inside = sum(1 for t in ends if start < t <= stop)
+    return 3600.0 * inside / (stop - start) if stop > start and inside else None
+
+
+def _full_load_span(samples: Sequence[Sample], start: float, end: float) -> tuple[float, float] | None:
+    """Where a closed loop's busy fractions are measured: from the steady-state window's start to the last
+    request's send (after it, fewer than C requests are in flight: the drain), counting every request's work
+    in that span, whichever request it served. (Counting only the measured requests' work misses what each
+    actor did in the span for requests that ended outside the window: early in the chain just before the end,
+    late in the chain just after the start.) None when the span is empty: each actor's own span then."""
+    last_sent = max(s.sent for s in samples)
+    stop = min(end, last_sent)
+    return (start, stop) if stop > start else None
 
 
 def summarise_open(

@@ -32,7 +32,10 @@ class BenchSettings(BaseModel):
     stages: int = Field(7, ge=1, le=64, description="N: model actors of every mode but sequential (which has one).")
     mux_actors: int = Field(2, ge=1, le=64, description="CPU-only mux actors, the same pool size in every mode.")
     steps: int = Field(21, ge=1, le=1000, description="T: denoising steps per request.")
-    frames: int = Field(2, ge=1, le=256, description="Frames per video.")
+    frames: int = Field(2, ge=1, le=256, description="Frames per video (per clip of a long video).")
+    clips: int = Field(
+        1, ge=1, le=1000, description="Clips per request: long videos of clips x frames, each clip from the last."
+    )
     height: int = Field(32, ge=8, le=4096, description="Video height in pixels.")
     width: int = Field(32, ge=8, le=4096, description="Video width in pixels.")
     decode_chunk_size: int | None = Field(
@@ -56,7 +59,9 @@ class BenchSettings(BaseModel):
     requests: int | None = Field(None, ge=2, le=MAX_REQUESTS, description="M: requests per mode (default 4N).")
     concurrency: int | None = Field(None, ge=1, le=4096, description="C: requests in flight (default 2 x workers).")
     loops: tuple[Loop, ...] | None = Field(
-        None, min_length=1, description="Which loops to run per mode (default: closed, and open with an arrival rate)."
+        None,
+        description="Which loops to run per mode (default: closed, and open with an arrival rate); none: only the "
+        "single requests on the idle system.",
     )
     arrival_rate: float | None = Field(
         None, gt=0.0, le=100_000.0, description="Open loop: Poisson arrivals, requests per second."

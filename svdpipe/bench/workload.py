@@ -17,7 +17,9 @@ import io
 import logging
 import os
 import platform
+import shutil
 import statistics
+import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -25,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from svdpipe.bench.metrics import (
     Sample,
     arrival_rate_from_fraction,
+    clips_per_hour,
     cpu_busy_fraction,
     efficiency,
     exchange_ms_per_step,
@@ -161,6 +164,7 @@ class BenchRun:
             num_inference_steps=s.steps,
             decode_chunk_size=s.decode_chunk_size,
             seed=seed,
+            num_clips=s.clips,
         )
 
     def resolved(self, seed: int = 0) -> ResolvedParams:
@@ -191,6 +195,7 @@ class BenchRun:
             torch_threads=s.torch_threads,
             max_inflight=max(16, s.concurrency_for(mode)),
             max_retries=0,  # a failure should show, not be retried into the timings
+            max_clips=s.clips,
             name_prefix=f"bench-{mode}",
         )
 
@@ -227,6 +232,11 @@ class BenchRun:
 
         assert self.local is not None
         t0 = time.perf_counter()
+        if self.s.clips > 1:  # diffusers' loop, clip after clip, streamed to a file
+            with tempfile.TemporaryDirectory() as tmp:
+                path = os.path.join(tmp, f"video.{OUTPUT_FORMAT}")
+                self.local.generate_clips(load_image(self.png), self.video_params(seed), path)
+                return time.perf_counter() - t0
         result = self.local.generate(load_image(self.png), self.video_params(seed))
         encode_video(result.frames, OUTPUT_FORMAT, result.params.fps)
         return time.perf_counter() - t0
@@ -239,7 +249,7 @@ class BenchRun:
         def pick(ms: float | None, profiled_s: float) -> float:
             return ms / 1000 if ms is not None else profiled_s
 
-        return request_work_s(
+        return s.clips * request_work_s(
             s.steps,
             pick(s.simulate_step_ms, p.typical_step_s),
             pick(s.simulate_encode_ms, p.encode_s),
@@ -263,7 +273,10 @@ class BenchRun:
         sent = 0  # the request sent n-th has seed n: no two requests of a mode are the same video
 
         async def dispatch(seed: int) -> EngineResult:
-            return await engine.generate(self.png, self.video_params(seed), OUTPUT_FORMAT)
+            result = await engine.generate(self.png, self.video_params(seed), OUTPUT_FORMAT)
+            if result.video.path is not None:  # a long video's file, in a work directory of its own
+                await asyncio.to_thread(shutil.rmtree, os.path.dirname(result.video.path), True)
+            return result
 
         out: dict[str, Any] = {
             "mode": mode,
@@ -309,6 +322,9 @@ class BenchRun:
             concurrency = s.concurrency_for(mode)
             samples = await closed_loop(dispatch, s.num_requests, concurrency, desc=f"{mode} closed")
             out = {"concurrency": concurrency, **summarise(samples, s.workers_for(mode), model_actors)}
+            # Frames at the steady pace of finished clips (metrics.clips_per_hour): long and short videos compare.
+            per_hour = clips_per_hour(samples, model_actors, concurrency)
+            out["frames_per_hour"] = per_hour * s.frames if per_hour is not None else None
             if mode == "pipeline" and s.ray_timeline:
                 import ray
 

@@ -141,3 +141,17 @@ def test_color_match_keeps_clip_zero_and_matches_the_rest(aloop, engine, png, ex
     ref_mean = frames[:3].mean(axis=(0, 1, 2))
     for k in (1, 2):
         np.testing.assert_allclose(frames[3 * k : 3 * k + 3].mean(axis=(0, 1, 2)), ref_mean, atol=0.02)
+
+
+def test_the_local_loop_equals_the_diffusers_loop(png, expected, tmp_path):
+    from svdpipe.config import EngineConfig
+    from svdpipe.local import LocalPipeline
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        image = PIL.Image.open(io.BytesIO(png)).convert("RGB")
+        path = LocalPipeline(EngineConfig(num_stages=2)).generate_clips(image, PARAMS, tmp_path / "v.npy")
+    finally:
+        torch.set_num_threads(threads)
+    assert float(np.abs(np.load(path) - expected).max()) <= TOLERANCE

@@ -417,3 +417,28 @@ def test_open_loop_flags():
     for flag, value in (("--mode-latency", "data-parallel"), ("--mode-latency", "replica=off"), ("--loops", "half")):
         with pytest.raises(SystemExit):
             parser.parse_args(["bench", flag, value])
+
+
+def test_long_video_flags_and_idle_only_runs():
+    parser = argparse.ArgumentParser()
+    add_bench_parser(parser.add_subparsers(dest="command"))
+    argv = ["bench", "--modes", "pipeline", "--clips", "10", "--frames", "8", "--loops", "none"]
+    s = settings_from_args(parser.parse_args(argv))
+    assert (s.clips, s.loop_kinds) == (10, ())
+    with pytest.raises(ValueError):
+        BenchSettings(clips=0)
+
+
+def test_clips_per_hour_counts_finished_clips_while_every_client_is_busy():
+    from svdpipe.bench.metrics import Sample, clips_per_hour
+    from svdpipe.state import StageTrace
+
+    def sample(sent: float, mux_ends: list[float]) -> Sample:
+        trace = (*(StageTrace("mux-0", t - 0.1, t, 0.0) for t in mux_ends), StageTrace("model-0", 0, 1, 0))
+        return Sample(0, sent, mux_ends[-1], sent, (), trace)
+
+    # two clients, 3-clip videos: a clip ends every second from t=1; the last request is sent at t=7
+    samples = [sample(0.0, [1, 3, 5]), sample(0.0, [2, 4, 6]), sample(5.0, [7, 9, 11]), sample(7.0, [8, 10, 12])]
+    # window: from the 2nd clip's end (t=2) to the last send (t=7): clips ending at 3, 4, 5, 6, 7 -> 5 in 5 s
+    assert clips_per_hour(samples, {"model-0"}, concurrency=2) == 3600.0
+    assert clips_per_hour(samples[:1], {"model-0"}, concurrency=3) is None
