@@ -269,12 +269,14 @@ def test_page_makes_a_long_video_and_names_the_clip_in_progress(browser, page, s
     page.fill("input[name=num_inference_steps]", "4")
     page.fill("input[name=num_frames]", "2")
     page.fill("#num-clips", "2")
+    page.click("summary >> text=Advanced")
+    page.check("input[name=color_match]")
     page.click("#generate")
     _status_is(page, "completed")
     shown = page.evaluate("window.clips")
     assert "clip 1 of 2" in shown and "clip 2 of 2" in shown, shown
     job_id = page.text_content("#job-id")
     job = service.client.get(f"/v1/videos/{job_id}").json()
-    assert job["num_clips"] == 2 and job["parameters"]["color_match"] is False
+    assert job["num_clips"] == 2 and job["parameters"]["color_match"] is True
     frames = decoded(service.client.get(f"/v1/videos/{job_id}/content").content)
     assert len(frames) == 2 * 2
