@@ -1,8 +1,9 @@
 """Server-Sent Events of one job (GET /v1/videos/{id}/events): its state as it changes, then the outcome.
 
-A job's state is a few numbers that only move forward (status, queue position, progress), so the stream sends
-the job whenever they change, not a log of everything that happened: an event's id *is* the state it shows
-(`<status>.<progress>.<queue position>`), and a client reconnecting with `Last-Event-ID` gets only what changed
+A job's state is a few numbers that only move forward (status, queue position, progress, and the clip of a long
+video), so the stream sends the job whenever they change, not a log of everything that happened: an event's id
+*is* the state it shows (`<status>.<progress>.<queue position>`, then `.<clip>` for a video of several clips),
+and a client reconnecting with `Last-Event-ID` gets only what changed
 since (missed intermediate progress values are not replayed; the latest is). No server keeps per-stream
 history, so this works on any replica and with any job store.
 
@@ -33,7 +34,8 @@ EVENTS_DOC = f"""A `text/event-stream` of the job, from now until it ends (then 
 Every event's `data` is the job as `GET /v1/videos/{{id}}` returns it. The event name says what changed:
 `status` (the first event, and on every non-final status change), `queue_position`, `progress` (whenever the
 percentage moves: every denoising step, for up to 100 steps; over every clip's steps together for a video of
-several clips, whose `clip` field then names the clip being made, 1 to `num_clips`), and finally one of
+several clips, whose `clip` field then names the clip being made, 1 to `num_clips`, and a new clip is a
+`progress` event even when the percentage has not moved), and finally one of
 `completed`, `failed`
 (`error` says why) or `cancelled`; `error` (data: an error body) if the job is deleted meanwhile.
 An event's `id` names the state it shows; reconnecting with `Last-Event-ID` sends only what changed since
@@ -88,14 +90,18 @@ class JobState(NamedTuple):
     status: str
     progress: int
     queue_position: int
+    # The clip in progress of a video of several clips (0 otherwise): a new clip is an event even when the
+    # percentage of a long video's many steps has not moved.
+    clip: int = 0
 
     @classmethod
     def of(cls, job: VideoJob) -> JobState:
-        return cls(job.status, job.progress, job.queue_position or 0)
+        return cls(job.status, job.progress, job.queue_position or 0, (job.clip or 0) if job.num_clips > 1 else 0)
 
     @property
     def event_id(self) -> str:
-        return f"{self.status}.{self.progress}.{self.queue_position}"
+        head = f"{self.status}.{self.progress}.{self.queue_position}"
+        return f"{head}.{self.clip}" if self.clip else head
 
     @classmethod
     def parse(cls, event_id: str | None) -> JobState | None:
@@ -103,9 +109,9 @@ class JobState(NamedTuple):
         if not event_id:
             return None
         parts = event_id.strip().split(".")
-        if len(parts) != 3 or parts[0] not in STATUSES or not all(p.isdigit() for p in parts[1:]):
+        if len(parts) not in (3, 4) or parts[0] not in STATUSES or not all(p.isdigit() for p in parts[1:]):
             return None
-        return cls(parts[0], int(parts[1]), int(parts[2]))
+        return cls(parts[0], *(int(p) for p in parts[1:]))
 
     @property
     def final(self) -> bool:
@@ -118,7 +124,7 @@ def event_name(previous: JobState | None, current: JobState) -> str:
         return current.status
     if previous is None or previous.status != current.status:
         return "status"
-    if previous.progress != current.progress:
+    if previous.progress != current.progress or previous.clip != current.clip:
         return "progress"
     return "queue_position"
 

@@ -98,13 +98,14 @@ class JobWatch:
         for job_id, watched in self._watched.items():
             job = watched.job
             progress = self.local_progress(job_id)
-            if job is not None and job.status == "in_progress" and progress is not None and progress > job.progress:
-                update: dict[str, object] = {"progress": progress}
-                clips_done = self.local_clips(job_id) if self.local_clips is not None else None
-                if clips_done is not None and clips_done >= job.clips_done:  # a clip starts with a step
-                    update["clips_done"] = clips_done
-                    update["clip"] = clip_in_progress(job.status, clips_done, job.num_clips)
-                self._update(watched, job.model_copy(update=update))
+            if job is None or job.status != "in_progress" or progress is None or progress < job.progress:
+                continue
+            update: dict[str, object] = {"progress": progress}
+            clips_done = self.local_clips(job_id) if self.local_clips is not None else None
+            if clips_done is not None and clips_done >= job.clips_done:  # a long video's next clip, maybe
+                update["clips_done"] = clips_done  # before the percentage of its many steps moves
+                update["clip"] = clip_in_progress(job.status, clips_done, job.num_clips)
+            self._update(watched, job.model_copy(update=update))
 
     @staticmethod
     def _update(watched: Watched, job: VideoJob | None) -> None:

@@ -147,3 +147,14 @@ def test_change_signal_wakes_every_waiter_taken_before_the_change(waiters):
         return all(e.is_set() for e in taken), later.is_set()
 
     assert asyncio.run(scenario()) == (True, False)
+
+
+def test_a_new_clip_is_an_event_even_when_the_percentage_stays():
+    """A video of many clips moves its percentage less often than its clips change: the clip is in the state."""
+    job = _job("in_progress", 40).model_copy(update={"num_clips": 300, "clip": 120})
+    state = JobState.of(job)
+    assert state.event_id == "in_progress.40.0.120" and JobState.parse(state.event_id) == state
+    nxt = JobState.of(job.model_copy(update={"clip": 121}))
+    assert nxt != state and event_name(state, nxt) == "progress"
+    single = JobState.of(_job("in_progress", 40).model_copy(update={"clip": 1}))
+    assert single.event_id == "in_progress.40.0"  # one clip: the ids stay as they were
