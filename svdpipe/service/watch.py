@@ -148,6 +148,6 @@ def _not_behind(job: VideoJob | None, shown: VideoJob | None) -> VideoJob | None
     started before the latest step must not take it back)."""
     if job is None or shown is None or job.status != "in_progress" or shown.status != "in_progress":
         return job
-    if job.progress >= shown.progress:
+    if (job.progress, job.clips_done) >= (shown.progress, shown.clips_done):
         return job
     return job.model_copy(update={"progress": shown.progress, "clips_done": shown.clips_done, "clip": shown.clip})

@@ -158,9 +158,13 @@ def test_local_clip_of_a_long_video_reaches_streams_with_its_progress():
             seen.append((watched.read().clip, watched.read().clips_done))
         store.jobs["a"] = job.model_copy(update={"progress": 50, "clips_done": 1, "clip": 2})  # an older round
         await watch.refresh()
+        stale = watched.read()
+        store.jobs["a"] = job.model_copy(update={"progress": 99, "clips_done": 1, "clip": 2})  # same percentage
+        await watch.refresh()
         task.cancel()
-        return seen, watched.read()
+        return seen, stale, watched.read()
 
-    seen, after_stale_round = asyncio.run(scenario())
+    seen, stale, same_percentage = asyncio.run(scenario())
     assert seen == [(1, 0), (2, 1), (2, 1), (3, 2), (3, 2), (3, 2)]
-    assert (after_stale_round.progress, after_stale_round.clip) == (99, 3)  # not taken back
+    assert (stale.progress, stale.clip) == (99, 3)  # not taken back
+    assert (same_percentage.progress, same_percentage.clip) == (99, 3)
