@@ -282,7 +282,8 @@ async function refreshJobs() {
     button.type = "button";
     const badge = document.createElement("span");
     badge.className = `badge ${job.status}`;
-    badge.textContent = job.status === "in_progress" ? `${job.progress} %` : STATUS_TEXT[job.status];
+    const clip = job.num_clips > 1 && job.clip ? ` · clip ${job.clip}/${job.num_clips}` : "";
+    badge.textContent = job.status === "in_progress" ? `${job.progress} %${clip}` : STATUS_TEXT[job.status];
     const id = document.createElement("code");
     id.textContent = job.id;
     const when = document.createElement("span");
