@@ -326,8 +326,10 @@ def actor_calls(plan: Plan) -> tuple[list[ActorCall], list[ActorCall]]:
             call,
             index=i,
             # Upstream first: a call early in its chain feeds the actors after it, so serving it first keeps the
-            # pipeline full (measured against oldest-request-first and arrival order: BENCHMARKS.md).
-            priority=float(i),
+            # pipeline full (measured against oldest-request-first and arrival order: BENCHMARKS.md). A long
+            # video's clip decodes first of all: its last frame starts the next clip, and its other chunks would
+            # otherwise wait behind the next clips' steps until the video's end (nothing else holds them back).
+            priority=0.0 if plan.feeds_next and i >= len(chain) else float(i),
             output="object_store" if call.decode else plan.transport,
             helper=helper_of.get(call.steps) if call.steps is not None else None,
         )

@@ -12,6 +12,7 @@ from typing import Any
 from svdpipe.bench.metrics import (
     Sample,
     arrival_rate_from_fraction,
+    clips_per_hour,
     efficiency,
     ideal_samples_per_hour,
     poisson_arrivals,
@@ -132,7 +133,10 @@ class Simulation:
             if loop == "closed":
                 concurrency, total = self.concurrency(mode), self.requests(mode)
                 done = closed_loop(layout, o.costs, self.shape_for(), total, concurrency, s.seed, o.clips)
-                result = {"concurrency": concurrency, **summarise(to_samples(done), self.workers(mode), names)}
+                samples = to_samples(done)
+                result = {"concurrency": concurrency, **summarise(samples, self.workers(mode), names)}
+                per_hour = clips_per_hour(samples, names, concurrency)
+                result["frames_per_hour"] = per_hour * s.frames if per_hour is not None else None
             else:
                 rate = self.arrival_rate_per_s()
                 arrivals = self.arrivals()
