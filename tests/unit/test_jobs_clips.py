@@ -265,3 +265,23 @@ def test_heartbeats_carry_the_clip_to_other_replicas(open_store, tmp_path):
         return seen
 
     assert {1, 2, 3} <= asyncio.run(scenario())
+
+
+def test_a_record_whose_parameters_cannot_be_read_fails_with_the_reason(tmp_path):
+    """The dispatcher reads a job's parameters before it runs it (to know its clips): a record it cannot read
+    fails, as an engine error would, instead of sitting in progress until its lease runs out."""
+    from svdpipe.service.store import JobRecord
+
+    async def scenario():
+        manager = _manager(tmp_path, ClipEngine())
+        bad = JobRecord(
+            id="bad", status="queued", created_at=1.0, seed=1, parameters={"height": "x"}, output_format="mp4"
+        )
+        manager.store.create(bad, _png())
+        await manager.start()
+        failed = await _wait_status(manager, "bad", ("failed",))
+        await manager.stop()
+        return failed
+
+    failed = asyncio.run(scenario())
+    assert failed.error.startswith("internal error: ValidationError") and "ResolvedParams" in failed.error

@@ -112,7 +112,13 @@ class Dispatcher:
             task.cancel()  # not inside the engine yet
 
     async def _run(self, record: JobRecord) -> None:
-        params = ResolvedParams(**record.parameters)
+        try:
+            params = ResolvedParams(**record.parameters)
+        except ValueError as exc:  # a record this version cannot read (pydantic's ValidationError is one)
+            logger.exception("job %s: unreadable parameters", record.id)
+            ended = {"started_at": record.started_at or time.time(), "created_at": record.created_at}
+            await self.recorder.record(record.id, Outcome("failed", f"internal error: {cause_message(exc)}", **ended))
+            return
         clips = params.num_clips
         if clips == 1:
             await self._generate(record, params, None)
