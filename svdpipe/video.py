@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import os
+import uuid
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, get_args
@@ -124,7 +126,9 @@ class VideoStream:
         self.path = Path(path)
         self.fmt, self.total = fmt, total_frames
         self.written = 0
-        self._partial = self.path.with_name(f".{self.path.name}.partial")
+        # A name of this writer's own: two writers of one video (a replica that lost its lease and the one that
+        # took the job over) never write into each other's file; the last complete one is renamed into place.
+        self._partial = self.path.with_name(f".{self.path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.partial")
         self._file: Any = None
         self._av: _AvWriter | None = None
         self.path.parent.mkdir(parents=True, exist_ok=True)
