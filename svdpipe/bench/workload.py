@@ -325,6 +325,9 @@ class BenchRun:
             # Frames at the steady pace of finished clips (metrics.clips_per_hour): long and short videos compare.
             per_hour = clips_per_hour(samples, model_actors, concurrency)
             out["frames_per_hour"] = per_hour * s.frames if per_hour is not None else None
+            # The same pace in requests: the window of completions counts the drain, where requests held back
+            # by the queue order all finish at once (efficiency over 1); this one ends at the last send.
+            out["full_load_samples_per_hour"] = per_hour / s.clips if per_hour is not None else None
             if mode == "pipeline" and s.ray_timeline:
                 import ray
 

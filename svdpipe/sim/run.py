@@ -137,6 +137,7 @@ class Simulation:
                 result = {"concurrency": concurrency, **summarise(samples, self.workers(mode), names)}
                 per_hour = clips_per_hour(samples, names, concurrency)
                 result["frames_per_hour"] = per_hour * s.frames if per_hour is not None else None
+                result["full_load_samples_per_hour"] = per_hour / s.clips if per_hour is not None else None
             else:
                 rate = self.arrival_rate_per_s()
                 arrivals = self.arrivals()
