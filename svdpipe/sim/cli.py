@@ -191,7 +191,7 @@ def run_simulate_command(args: argparse.Namespace) -> int:
             args.arrival_rate = len(trace) / max(trace[-1].arrival, 1e-9)
     settings = settings_from_args(args)
     costs = _costs(args, sim, settings.frames)
-    result = simulate(settings, SimOptions(costs, sim.replicas, sim.max_inflight, settings.clips, trace))
+    result = simulate(settings, SimOptions(costs, sim.replicas, sim.max_inflight, trace))
     if args.label:
         result["label"] = args.label
     text = json.dumps(result, indent=2)

@@ -33,7 +33,6 @@ class SimOptions:
     costs: SimCosts
     replicas: int = 1  # pipelines sharing one job queue (the service's --replicas)
     max_inflight: int | None = None  # per pipeline; None: the bench's max(16, C)
-    clips: int = 1  # clips per request (long videos)
     trace: tuple[TraceRow, ...] | None = None  # open-loop arrivals from a file instead of Poisson
 
 
@@ -72,7 +71,7 @@ class Simulation:
 
     def work_s(self) -> float:
         """W of one request: every clip's."""
-        return self.o.clips * self.o.costs.work_s(self.s.steps, self.s.frames)
+        return self.s.clips * self.o.costs.work_s(self.s.steps, self.s.frames)
 
     def arrival_rate_per_s(self) -> float:
         """A trace's mean rate, else --arrival-rate, else --arrival-rate-frac of the ideal N / W with
@@ -132,7 +131,7 @@ class Simulation:
         for loop in s.loop_kinds:
             if loop == "closed":
                 concurrency, total = self.concurrency(mode), self.requests(mode)
-                done = closed_loop(layout, o.costs, self.shape_for(), total, concurrency, s.seed, o.clips)
+                done = closed_loop(layout, o.costs, self.shape_for(), total, concurrency, s.seed, s.clips)
                 samples = to_samples(done)
                 result = {"concurrency": concurrency, **summarise(samples, self.workers(mode), names)}
                 per_hour = clips_per_hour(samples, names, concurrency)
@@ -141,7 +140,7 @@ class Simulation:
             else:
                 rate = self.arrival_rate_per_s()
                 arrivals = self.arrivals()
-                done, events = open_loop(layout, o.costs, self.shape_for(), arrivals, s.seed, o.clips)
+                done, events = open_loop(layout, o.costs, self.shape_for(), arrivals, s.seed, s.clips)
                 self.events += events
                 result = {"seed": s.seed, **summarise_open(to_samples(done), rate, names)}
             result["efficiency"] = efficiency(result["samples_per_hour"], ideal)
@@ -153,11 +152,11 @@ class Simulation:
             result["split_steps_declined"] = sum(f.declined_steps for f in done)
             out[f"{loop}_loop"] = result
         idle = [
-            closed_loop(layout, o.costs, lambda _i: self.shape, 1, 1, s.seed + i, o.clips)[0]
+            closed_loop(layout, o.costs, lambda _i: self.shape, 1, 1, s.seed + i, s.clips)[0]
             for i in range(s.idle_requests)
         ]
         latencies = [f.done - f.admitted for f in idle]
-        local = self.work_s() + o.clips * o.costs.mux_s  # one process: every phase in turn, no hop
+        local = self.work_s() + s.clips * o.costs.mux_s  # one process: every phase in turn, no hop
         out |= {
             "idle_latency_s": statistics.median(latencies) if latencies else None,
             "local_idle_latency_s": local if latencies else None,
@@ -191,7 +190,7 @@ def simulate(settings: BenchSettings, options: SimOptions) -> dict[str, Any]:
         "simulation": {
             "costs": asdict(c),
             "replicas": options.replicas,
-            "clips": options.clips,
+            "clips": settings.clips,
             "trace": options.trace is not None,
             "open_loop_events": sim.events,
         },

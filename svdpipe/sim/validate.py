@@ -20,7 +20,9 @@ from svdpipe.sim.run import SimOptions, simulate
 logger = logging.getLogger(__name__)
 
 VALIDATION_MUX_S = 0.01  # the bench writes .npy files of a few 32x32 frames: milliseconds on a mux actor
-FIGURES = ("samples_per_hour", "latency_p50_s", "latency_p95_s")
+# samples_per_hour: the window of completions (it counts the drain); full_load_samples_per_hour: finished clips
+# while every client is busy (closed loops only).
+FIGURES = ("samples_per_hour", "full_load_samples_per_hour", "latency_p50_s", "latency_p95_s")
 # Every configuration: the tiny model, 200 ms steps (the stand-in waits, leaving the CPU free), 32x32, 2 frames.
 _BASE: dict[str, Any] = {
     "model": "tiny",
@@ -121,8 +123,8 @@ def errors(real: dict[str, Any], sim: dict[str, Any]) -> list[dict[str, Any]]:
                 continue
             row: dict[str, Any] = {"mode": mode, "loop": loop.removesuffix("_loop")}
             for key in FIGURES:
-                a, b = r[loop][key], sim["modes"][mode][loop][key]
-                row[key] = {"ray": a, "sim": b, "error": (b - a) / a if a else None}
+                a, b = r[loop].get(key), sim["modes"][mode][loop].get(key)
+                row[key] = {"ray": a, "sim": b, "error": (b - a) / a if a and b is not None else None}
             rows.append(row)
     return rows
 
@@ -154,7 +156,11 @@ def format_errors(rows: list[dict[str, Any]]) -> str:
             f = row[key]
             err = f["error"]
             worst = max(worst, abs(err)) if err is not None else worst
-            cells += f"{f['ray']:>10.3f}{f['sim']:>10.3f}" + (f"{err:>+10.1%}" if err is not None else f"{'-':>10}")
+            cells += _value(f["ray"]) + _value(f["sim"]) + (f"{err:>+10.1%}" if err is not None else f"{'-':>10}")
         lines.append(f"{row['case']:<30}{row['loop']:>7}" + cells)
     lines.append(f"\nworst |error|: {worst:.1%} over {len(rows)} loop(s)")
     return "\n".join(lines)
+
+
+def _value(x: float | None) -> str:
+    return f"{x:>10.3f}" if x is not None else f"{'-':>10}"
