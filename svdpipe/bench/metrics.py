@@ -308,3 +308,21 @@ def projection(
         row["efficiency"] = efficiency(row["samples_per_hour"], row["ideal_samples_per_hour"])
         row["idle_latency_s"] = whole + row["hops"] * hop_s
     return rows
+
+
+def mode_comparisons(modes: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The run's headline ratios: the pipeline's idle latency against the single process, and its closed-loop
+    throughput against data-parallel's (by the completion window, and at full load)."""
+    out: dict[str, Any] = {}
+    pipeline, replicas = modes.get("pipeline"), modes.get("data-parallel")
+    if pipeline is None:
+        return out
+    out["idle_latency_ratio"] = pipeline["idle_latency_ratio"]
+    if replicas is not None and "closed_loop" in pipeline and "closed_loop" in replicas:
+        a, b = pipeline["closed_loop"], replicas["closed_loop"]
+        out["pipeline_over_data_parallel"] = a["samples_per_hour"] / b["samples_per_hour"]
+        if a.get("full_load_samples_per_hour") and b.get("full_load_samples_per_hour"):
+            out["pipeline_over_data_parallel_full_load"] = (
+                a["full_load_samples_per_hour"] / b["full_load_samples_per_hour"]
+            )
+    return out

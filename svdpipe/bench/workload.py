@@ -32,6 +32,7 @@ from svdpipe.bench.metrics import (
     efficiency,
     exchange_ms_per_step,
     ideal_samples_per_hour,
+    mode_comparisons,
     poisson_arrivals,
     request_work_s,
     summarise,
@@ -387,12 +388,6 @@ def run_bench(settings: BenchSettings) -> dict[str, Any]:
     }
     if "open" in settings.loop_kinds:
         out["arrival_rate_per_s"] = bench.arrival_rate_per_s()
-    if "pipeline" in modes:
-        out["idle_latency_ratio"] = modes["pipeline"]["idle_latency_ratio"]
-        if "data-parallel" in modes and "closed" in settings.loop_kinds:
-            out["pipeline_over_data_parallel"] = (
-                modes["pipeline"]["closed_loop"]["samples_per_hour"]
-                / modes["data-parallel"]["closed_loop"]["samples_per_hour"]
-            )
+    out |= mode_comparisons(modes)
     out["wall_s"] = time.perf_counter() - t0
     return out
