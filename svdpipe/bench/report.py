@@ -33,7 +33,8 @@ def format_table(result: dict[str, Any]) -> str:
         lines += [
             "",
             "closed loop: C clients, each sending its next request when its last one finishes",
-            f"{'mode':<14}{'latency':>10}{'act':>4}{'mux':>4}{'C':>4}{'samples/h':>11}{'ideal/h':>10}{'eff':>7}"
+            f"{'mode':<14}{'latency':>10}{'act':>4}{'mux':>4}{'C':>4}{'samples/h':>11}{'full/h':>9}{'ideal/h':>10}"
+            + f"{'eff':>7}"
             + waits
             + f"{'hop ms':>8}{'busy min-max':>14}",
         ]
@@ -41,7 +42,8 @@ def format_table(result: dict[str, Any]) -> str:
             r = m["closed_loop"]
             lines.append(
                 f"{m['mode']:<14}{m['latency_mode']:>10}{m['actors']:>4}{m['mux_actors']:>4}{r['concurrency']:>4}"
-                f"{r['samples_per_hour']:>11.0f}{m['ideal_samples_per_hour']:>10.0f}{r['efficiency']:>7.3f}"
+                f"{r['samples_per_hour']:>11.0f}{_num(r.get('full_load_samples_per_hour'), '.0f'):>9}"
+                f"{m['ideal_samples_per_hour']:>10.0f}{r['efficiency']:>7.3f}"
                 + _waits(r)
                 + f"{_num(r['per_hop_ms'], '.2f'):>8}{_busy(r):>14}"
             )
@@ -78,10 +80,11 @@ def format_table(result: dict[str, Any]) -> str:
         )
     lines += [
         "",
-        "act: model-holding actors; mux: CPU mux actors; eff: measured / ideal N / W, W = T x step + encode + "
-        "decode; p50-p99: latency from arrival; wait: arrival to admission into the engine; hop: median hand-off "
-        "into calls after the first; busy: model actors; idle: one request on the idle system, /local: vs the "
-        "single-process path",
+        "act: model-holding actors; mux: CPU mux actors; samples/h: completions from the fill to the end (the "
+        "drain included); full/h: only while every client has a request in flight; eff: samples/h / ideal N / W, "
+        "W = T x step + encode + decode; p50-p99: latency from arrival; wait: arrival to admission into the "
+        "engine; hop: median hand-off into calls after the first; busy: model actors; idle: one request on the "
+        "idle system, /local: vs the single-process path",
     ]
     return "\n".join(lines)
 
