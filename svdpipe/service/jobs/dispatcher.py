@@ -92,6 +92,12 @@ class Dispatcher:
                 finally:
                     waiter.cancel()
                 continue
+            if record.id in local.tasks:
+                # Our own job, still running here: our lease lapsed (a stalled loop or a slow store), the job was
+                # re-queued and we claimed it back. The run in progress goes on under the new lease; a second run
+                # would collide with it in the engine (one request per id) and end the job as neither finished.
+                logger.warning("job %s: re-claimed while still running here; its run goes on", record.id)
+                continue
             self.metrics.job_status("in_progress")
             local.progress[record.id] = 0
             local.changes.notify()  # it started, and every job behind it moved up
