@@ -234,18 +234,7 @@ class SQLJobStore(abc.ABC):
         if record is None:
             raise KeyError(job_id)
         path = self._video_path(job_id, record.output_format)
-        tmp = write_tmp(path, data)
-        try:
-            with self._transaction() as conn:
-                record = self._fetch(conn, job_id, lock=True)
-                if record is None:
-                    raise KeyError(job_id)
-                final = self._video_path(job_id, record.output_format)
-                os.replace(tmp, final)
-                fsync_dir(final.parent)
-                self._write(conn, record.model_copy(update={"content_bytes": len(data)}))
-        finally:
-            tmp.unlink(missing_ok=True)
+        self._install(job_id, write_tmp(path, data), len(data))
 
     def put_content_file(self, job_id: str, source: str | Path) -> None:
         """Store the job's finished video from the file ``source`` (moved into place, never read into memory)
@@ -261,8 +250,12 @@ class SQLJobStore(abc.ABC):
             Path(source).unlink(missing_ok=True)
             raise KeyError(job_id)
         tmp = stage_file(Path(source), self._video_path(job_id, record.output_format))
+        self._install(job_id, tmp, tmp.stat().st_size)
+
+    def _install(self, job_id: str, tmp: Path, size: int) -> None:
+        """Rename the staged video ``tmp`` into place and record its ``size``, in one transaction with the job's
+        row locked (``KeyError`` if it was deleted meanwhile); ``tmp`` is gone afterwards either way."""
         try:
-            size = tmp.stat().st_size
             with self._transaction() as conn:
                 record = self._fetch(conn, job_id, lock=True)
                 if record is None:
