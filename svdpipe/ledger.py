@@ -96,6 +96,19 @@ class Ledger:
         elif entry.started is None:
             entry.started = event.at
 
+    def rebind(self, request_id: str, call: int, actor: int, now: float) -> None:
+        """The dispatch gave the call to `actor` (free now): its owner's expected seconds move there. A split
+        call's halves stay where they were planned (such calls are pinned and never move)."""
+        entry = self._calls.get((request_id, call))
+        if entry is None or len(entry.work) != 1:
+            return
+        ((planned, seconds),) = entry.work.items()
+        if planned == actor:
+            return
+        self._finish[planned] -= seconds
+        self._finish[actor] = max(self._finish[actor], now) + seconds
+        entry.work = {actor: seconds}
+
     def release(self, request_id: str, completed: bool = True) -> None:
         """The request ended. Done: its calls all ran (events still on their way change nothing more). Failed or
         cancelled: the calls that never started give their expected seconds back."""

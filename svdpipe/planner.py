@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
+from svdpipe.dispatch import Dispatch
 from svdpipe.latency import plan_cfg_split, split_work
 from svdpipe.ledger import CallEvent, Ledger
 from svdpipe.partition import request_ranges
@@ -108,6 +109,7 @@ class Plan:
     transport: Transport = "object_store"  # how latents move from call to call (decoded frames: object store)
     cfg: bool = True  # classifier-free guidance: a step is a batch of two
     feeds_next: bool = False  # the chunk holding the last frame decodes first (the next clip starts from it)
+    pinned: bool = False  # every call runs on the actor named here (the warm-up: each hop must run once)
 
     @property
     def split(self) -> bool:
@@ -134,6 +136,7 @@ class ActorCall:
     priority: float = 0.0  # smaller first in the actor's queue: the call's place in its chain (upstream first)
     output: Transport = "object_store"  # how the result leaves (decoded frames always by the object store)
     helper: int | None = None  # the actor computing this call's guidance halves (CFG split)
+    pinned: bool = False  # runs on `actor` only; else the dispatch may give it to another free actor (dispatch.py)
 
 
 def decode_chunks(num_frames: int, chunk_size: int) -> list[tuple[int, int]]:
@@ -155,11 +158,13 @@ class Planner:
     latency_mode: LatencyMode = "off"  # single-request speed-up: CFG halves on idle actors, or parareal
     transport: Transport = "object_store"  # the hand-off transport between model actors
     ledger: Ledger = field(init=False, repr=False, compare=False)  # outstanding work, from the calls' events
+    dispatch: Dispatch = field(init=False, repr=False, compare=False)  # which actor runs each ready call
 
     def __post_init__(self) -> None:
         if self.num_actors < 1 or self.num_mux < 1:
             raise ValueError(f"need at least one model actor and one mux actor, got {self.num_actors}, {self.num_mux}")
         object.__setattr__(self, "ledger", Ledger(self.num_actors, self.num_mux))
+        object.__setattr__(self, "dispatch", Dispatch(self.num_actors))
 
     # ------------------------------------------------------------ the stateful side: admission and events
 
@@ -183,15 +188,36 @@ class Planner:
         plan = Planner(self.num_actors, self.num_mux, self.costs).plan("warmup", shape)
         mode: LatencyMode = "cfg-split" if self.latency_mode in ("cfg-split", "auto") else "off"
         split = plan_cfg_split(mode, shape.cfg, [st.actor for st in plan.stages], [0.0] * self.num_actors)
-        return dataclasses.replace(plan, helpers=split.helpers, split_reason=split.reason, transport=self.transport)
+        return dataclasses.replace(
+            plan, helpers=split.helpers, split_reason=split.reason, transport=self.transport, pinned=True
+        )
+
+    def ready(self, request_id: str, call: ActorCall, since: float, previous: int | None = None) -> None:
+        """A call of an admitted plan has its input (the previous call ended): it waits for `assign`. `since`:
+        when its request was first admitted; `previous`: the actor that ran the request's previous call."""
+        self.dispatch.ready(request_id, call, since, previous)
+
+    def assign(self, now: float) -> list[tuple[str, ActorCall]]:
+        """Bind ready calls to free actors (svdpipe/dispatch.py); each comes back with the actor that runs it,
+        and its expected seconds move to that actor in the ledger. Run each, then report `ended`."""
+        bound = self.dispatch.assign()
+        for request_id, call in bound:
+            self.ledger.rebind(request_id, call.index, call.actor, now)
+        return bound
+
+    def ended(self, call: ActorCall) -> None:
+        """A call `assign` bound has ended (done, failed or cancelled): its actor is free for the next one."""
+        self.dispatch.ended(call.actor)
 
     def record(self, event: CallEvent) -> None:
         """A call started or ended (reported by the executor): the ledger follows."""
         self.ledger.record(event)
 
     def release(self, request_id: str, completed: bool = True) -> None:
-        """The request ended (`completed`), or failed or was cancelled: it leaves the ledger (Ledger.release)."""
+        """The request ended (`completed`), or failed or was cancelled: it leaves the ledger (Ledger.release) and
+        its calls not yet bound are dropped."""
         self.ledger.release(request_id, completed)
+        self.dispatch.drop(request_id)
 
     def _latency(self, plan: Plan, shape: RequestShape, load: Sequence[float], alone: bool) -> Plan:
         """The latency mode's decision for this plan: parareal for a request alone on a chain of >= 2 stages;
@@ -332,6 +358,7 @@ def actor_calls(plan: Plan) -> tuple[list[ActorCall], list[ActorCall]]:
             priority=0.0 if plan.feeds_next and i >= len(chain) else float(i),
             output="object_store" if call.decode else plan.transport,
             helper=helper_of.get(call.steps) if call.steps is not None else None,
+            pinned=plan.pinned or (call.steps is not None and helper_of.get(call.steps) is not None),
         )
         for i, call in enumerate([*chain, *decodes])
     ]

@@ -71,7 +71,7 @@ class Engine:
         self.pool = ActorPool(config, self.transport, placement_group, first_bundle, worker)
         self.planner: Planner | None = None  # built at start, from the phase costs the actors measure
         self.stats = StageStats()
-        self._chain = ChainExecutor(self.pool)
+        self._chain = ChainExecutor(self.pool, lambda: self.planner)
         self._parareal = PararealExecutor(self.pool, config.parareal_tol, config.parareal_max_iters)
         self._generation = 0
         self._inflight: dict[str, RequestRecord] = {}
@@ -151,6 +151,7 @@ class Engine:
             self._watch = None
         for record in list(self._inflight.values()):
             self._cancel_refs(record)
+        await self._chain.stop()
         await self._progress.stop()
         await self.pool.shutdown()
         self._started = False
@@ -287,6 +288,7 @@ class Engine:
             params.do_classifier_free_guidance,
             feeds_next=record.next_image is not None,
         )
+        record.admitted = admitted
         attempt = 0
         while True:
             attempt += 1

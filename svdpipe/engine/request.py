@@ -30,6 +30,8 @@ class RequestRecord:
     parent: str | None = None  # a long video's clip: the video's request id (cancel reaches its clips)
     next_image: Any = None  # a clip with a clip after it: an asyncio.Future of its last frame as a PNG
     tasks: list[Any] = field(default_factory=list)  # helper tasks of the current attempt, cancelled with it
+    admitted: float = 0.0  # when the request was first admitted: the dispatch serves older requests first
+    bound: set[int] = field(default_factory=set)  # model actors the current attempt's calls were given to
 
     def watch(self, task: Any) -> None:
         """Keep a helper task of this attempt, to cancel it with the attempt."""
@@ -48,6 +50,7 @@ class RequestRecord:
     def restart(self) -> None:
         """A retry starts over: no refs, no progress, no parareal statistics yet."""
         self.refs = []
+        self.bound = set()
         for task in self.tasks:
             task.cancel()
         self.tasks = []
@@ -56,10 +59,13 @@ class RequestRecord:
         self.lost = asyncio.get_running_loop().create_future()
 
     def uses(self, models: set[int], muxers: set[int]) -> bool:
-        """Whether the current plan runs anything on these model or mux actors."""
+        """Whether the current attempt runs, or ran, anything on these model or mux actors: the actors its calls
+        were given to, its CFG helpers, its mux actor, and, for a parareal plan (not dispatched), every actor the
+        plan names. A call not yet given to an actor is given to a live one, or fails there and retries."""
         plan = self.plan
         if plan is None:
             return False
-        named = {plan.encode_actor, *(s.actor for s in plan.stages), *(d.actor for d in plan.decode)}
-        named |= {h for h in plan.helpers if h is not None}
+        named = set(self.bound) | {h for h in plan.helpers if h is not None}
+        if plan.parareal:
+            named |= {plan.encode_actor, *(s.actor for s in plan.stages), *(d.actor for d in plan.decode)}
         return bool(named & models) or plan.mux_actor in muxers

@@ -10,10 +10,13 @@ What each part mirrors (read against engine/core.py, engine/executor.py, worker.
   True)` when the mux call ends. Every call reports `CallEvent("started")` when it gets its actor's gate and
   `CallEvent("ended", duration)` when it ends (ModelWorker.run, MuxWorker.mux; the mux call under
   `mux_call_index(plan)`), and the planner sees them at once (the engine sees them about one round trip late).
-- The calls (ChainExecutor.submit): `actor_calls(plan)`; each chain call needs the previous one's output, the
-  decode calls all need the last chain call's, the mux call needs every decode's.
-- A model actor (PriorityGate): one call at a time; of the calls whose input is ready the smallest
-  `call.priority` goes first, ties by arrival.
+- The calls (ChainExecutor): `actor_calls(plan)`; each chain call needs the previous one's output, the
+  decode calls all need the last chain call's, the mux call needs every decode's. A call whose input exists
+  goes to the planner (`planner.ready`); `planner.assign(now)` binds ready calls to free actors (late binding,
+  svdpipe/dispatch.py) and `planner.ended(call)` frees the actor when it ends. The engine learns of an end
+  within one poll (POLL_S, ~2 ms); the simulator at once.
+- A model actor (PriorityGate): one call at a time; of the calls waiting at it (bound calls, parareal's calls)
+  the smallest `call.priority` goes first, ties by arrival.
 - A call's duration: hop + encode + steps x step cost + frames x decode_frame_s, each call's whole duration
   times one draw of the spread. With a CFG helper (Plan.helpers, guidance on), step by step: the helper takes
   the half only if nothing runs or waits on it then (ModelWorker.half / latency.should_help), and the step
@@ -156,6 +159,7 @@ class _Clip:
     chain: list[ActorCall]
     decodes: list[ActorCall]
     last_clip: bool
+    admitted: float = 0.0  # when the clip's plan was admitted: the dispatch serves older requests first
     pending: int = 0  # decode (or parareal solve) calls still to end before the next phase
 
 
@@ -172,6 +176,8 @@ class _Run:
     frames: int
     role: str  # chain, decode, p-encode, p-solve, p-decode
     position: int = 0  # in the chain
+    call: ActorCall | None = None  # the plan's call, for the dispatch (parareal's calls are not dispatched)
+    previous: int | None = None  # the actor that ran the request's previous call
     helper: int | None = None
     decodes_last_frame: bool = False
     fixed_s: float = 0.0  # a parareal solve's whole duration
@@ -241,6 +247,7 @@ class Service:
         ]
         self.waiting: deque[Job] = deque()
         self._arrivals = itertools.count()
+        self._unbound: dict[tuple[int, str, int], _Run] = {}  # (replica, request id, call index) -> ready run
 
     # ---------------------------------------------------------------- admission
 
@@ -272,6 +279,25 @@ class Service:
         if self.log is not None:
             self.log.append(("record", (self.replicas.index(replica), event)))
 
+    def _ready_call(self, replica: _Replica, rid: str, run: _Run) -> None:
+        assert run.call is not None
+        since = run.clip.admitted
+        replica.planner.ready(rid, run.call, since, run.previous)
+        if self.log is not None:
+            self.log.append(("ready", (self.replicas.index(replica), rid, run.call, since, run.previous)))
+
+    def _assign(self, replica: _Replica) -> list[tuple[str, ActorCall]]:
+        now = self.loop.now
+        bound = replica.planner.assign(now)
+        if self.log is not None:
+            self.log.append(("assign", (self.replicas.index(replica), now, bound)))
+        return bound
+
+    def _ended(self, replica: _Replica, call: ActorCall) -> None:
+        replica.planner.ended(call)
+        if self.log is not None:
+            self.log.append(("ended", (self.replicas.index(replica), call)))
+
     def _release(self, replica: _Replica, rid: str) -> None:
         replica.planner.release(rid, True)
         if self.log is not None:
@@ -295,34 +321,66 @@ class Service:
             self._ready(clip, _Run(clip, plan.encode_actor, 0.0, UNTRACKED, True, 0, 0, "p-encode"))
             return
         chain, decodes = actor_calls(plan)
-        clip = _Clip(request, rid, plan, chain, decodes, last, pending=len(decodes))
-        self._ready(clip, self._chain_run(clip, 0))
+        clip = _Clip(request, rid, plan, chain, decodes, last, self.loop.now, pending=len(decodes))
+        self._ready(clip, self._chain_run(clip, 0, None))
 
-    def _chain_run(self, clip: _Clip, i: int) -> _Run:
+    def _chain_run(self, clip: _Clip, i: int, previous: int | None) -> _Run:
         call = clip.chain[i]
-        return self._run_of(clip, call, "chain", i)
+        return self._run_of(clip, call, "chain", i, previous)
 
-    def _run_of(self, clip: _Clip, call: ActorCall, role: str, position: int = 0) -> _Run:
+    def _run_of(self, clip: _Clip, call: ActorCall, role: str, position: int = 0, previous: int | None = None) -> _Run:
         steps = call.steps[1] - call.steps[0] if call.steps is not None else 0
         frames = sum(b - a for a, b in call.decode)
         last_frame = any(b == clip.plan.num_frames for _, b in call.decode)
         helper = call.helper if clip.plan.cfg else None
+        dispatched = call if role in ("chain", "decode") else None
         return _Run(
-            clip, call.actor, call.priority, call.index, call.encode, steps, frames, role, position, helper, last_frame
+            clip,
+            call.actor,
+            call.priority,
+            call.index,
+            call.encode,
+            steps,
+            frames,
+            role,
+            position,
+            dispatched,
+            previous,
+            helper,
+            last_frame,
         )
 
     def _ready(self, clip: _Clip, run: _Run) -> None:
-        """The call's input exists: it waits at its actor's gate."""
-        actor = self.replicas[clip.request.replica].models[run.actor]
+        """The call's input exists: a plan's call goes to the planner's dispatch, which binds it to a free actor;
+        parareal's calls wait at their actor's gate."""
+        replica = clip.request.replica
         run.ready = self.loop.now
+        if run.call is None:
+            self._queue(replica, run)
+            return
+        self._unbound[(replica, clip.rid, run.index)] = run
+        self._ready_call(self.replicas[replica], clip.rid, run)
+        self._dispatch(replica, run.actor)
+
+    def _queue(self, replica: int, run: _Run) -> None:
+        actor = self.replicas[replica].models[run.actor]
         heapq.heappush(actor.queue, (run.priority, next(self._arrivals), run))
-        self._dispatch(clip.request.replica, run.actor)
+        self._dispatch(replica, run.actor)
 
     def _dispatch(self, replica: int, index: int) -> None:
-        actor = self.replicas[replica].models[index]
-        if actor.free and actor.queue:
-            _, _, run = heapq.heappop(actor.queue)
-            self._start(replica, actor, run)
+        """Bind what the planner binds now, then start a waiting call on every free actor touched."""
+        models = self.replicas[replica].models
+        touched = [index]
+        for rid, call in self._assign(self.replicas[replica]):
+            run = self._unbound.pop((replica, rid, call.index))
+            run.actor, run.call = call.actor, call
+            heapq.heappush(models[call.actor].queue, (run.priority, next(self._arrivals), run))
+            touched.append(call.actor)
+        for i in touched:
+            actor = models[i]
+            if actor.free and actor.queue:
+                _, _, run = heapq.heappop(actor.queue)
+                self._start(replica, actor, run)
 
     def _start(self, replica: int, actor: _Actor, run: _Run) -> None:
         now, c = self.loop.now, self.costs
@@ -378,6 +436,8 @@ class Service:
         request.timings.append(
             HopEntry(actor.name, self.costs.hop_s * 1000, (run.started - run.ready) * 1000, step_ms, run.steps)
         )
+        if run.call is not None:
+            self._ended(rep, run.call)
         self._output(run)
         self._dispatch(replica, run.actor)
 
@@ -388,10 +448,10 @@ class Service:
             self._begin_clip(clip.request, clip.request.clip + 1)
         if run.role == "chain":
             if run.position + 1 < len(clip.chain):
-                self._ready(clip, self._chain_run(clip, run.position + 1))
+                self._ready(clip, self._chain_run(clip, run.position + 1, run.actor))
             elif clip.decodes:
                 for call in clip.decodes:
-                    self._ready(clip, self._run_of(clip, call, "decode"))
+                    self._ready(clip, self._run_of(clip, call, "decode", previous=run.actor))
             else:
                 self._mux_ready(clip)
         elif run.role in ("decode", "p-decode"):

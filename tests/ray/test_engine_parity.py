@@ -67,8 +67,8 @@ def test_engine_equals_local(aloop, png, expected, transport, num_stages, parall
         assert sum(t.steps for t in result.timings) == params.num_inference_steps
         plan = result.plan
         assert plan.parallelism == parallelism
-        if parallelism == "data-parallel":
-            assert {t.stage for t in result.timings[:-1]} == {engine.layout[plan.encode_actor].name}
+        if parallelism == "data-parallel":  # one call, on whichever actor was free first
+            assert len({t.stage for t in result.timings[:-1]}) == 1
     if num_stages == 3 and parallelism == "pipeline":
         # 7 steps over 3 actors: the stage-0 actor owns 3 steps, so another actor encodes (codec apart);
         # the 4 single-frame chunks of the decode_chunk_size=1 request decode on all 3 actors at once

@@ -44,18 +44,28 @@ def test_one_actor_closed_loop_of_two():
 
 
 def test_two_actor_pipeline():
-    # actor 0: encode + step 0 (1.5 s); actor 1: step 1 + decode (1.5 s); mux 0.25. The second request's first
-    # call waits for actor 0 (0..1.5), its second for actor 1 (1.5..3.0)
+    # the plan: actor 0 encode + step 0 (1.5 s), actor 1 step 1 + decode (1.5 s); mux 0.25. Both requests are
+    # admitted at 0; the first's first call takes actor 0, and the second's, planned on busy actor 0, goes to free
+    # actor 1 (late binding); each request's second call then runs where its state is. Nothing waits
     done = closed_loop(Layout(2), COSTS, lambda _i: SHAPE, total=2, concurrency=2)
-    assert _latencies(done) == [3.25, 4.75]
-    first = sorted(done, key=lambda f: f.job.index)[0]
+    assert _latencies(done) == [3.25, 3.25]
+    first, second = sorted(done, key=lambda f: f.job.index)
     assert [(t.stage, t.started, t.finished) for t in first.trace] == [
         ("sim-model-0", 0.0, 1.5),
-        ("sim-model-1", 1.5, 3.0),
+        ("sim-model-0", 1.5, 3.0),
         ("sim-mux-0", 3.0, 3.25),
     ]
-    second = sorted(done, key=lambda f: f.job.index)[1]
-    assert [t.queue_ms for t in second.timings] == [1500.0, 0.0]
+    assert [t.stage for t in second.trace][:2] == ["sim-model-1", "sim-model-1"]
+    assert [t.queue_ms for t in second.timings] == [0.0, 0.0]
+
+
+def test_two_actor_pipeline_serves_older_requests_first():
+    # three requests on two actors, all admitted at 0: older requests' calls go first, so the third waits until
+    # both others are done (3.0) and then runs on one actor
+    done = closed_loop(Layout(2), COSTS, lambda _i: SHAPE, total=3, concurrency=3)
+    assert _latencies(done) == [3.25, 3.25, 6.25]
+    third = sorted(done, key=lambda f: f.job.index)[2]
+    assert [t.queue_ms for t in third.timings] == [3000.0] + [0.0] * (len(third.timings) - 1)
 
 
 def test_cfg_split_on_idle_actors_halves_the_steps():

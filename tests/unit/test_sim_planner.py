@@ -1,6 +1,7 @@
 """Planner equivalence: the simulator drives svdpipe.planner.Planner itself, and what it feeds it (admissions,
-call events, releases) replayed into a fresh Planner built as the engine builds it gives the same plans and the
-same ledger. Every call of every plan reports `started` once and then `ended` once, as the actors do."""
+call events, ready calls, bindings, releases) replayed into a fresh Planner built as the engine builds it gives the
+same plans, the same bindings and the same ledger. Every call of every plan reports `started` once and then `ended`
+once, as the actors do."""
 
 from __future__ import annotations
 
@@ -34,6 +35,15 @@ def _replay(layout: Layout, log) -> list[Planner]:
         elif kind == "record":
             replica, event = payload
             fresh[replica].record(event)
+        elif kind == "ready":
+            replica, rid, call, since, previous = payload
+            fresh[replica].ready(rid, call, since, previous)
+        elif kind == "assign":
+            replica, now, bound = payload
+            assert fresh[replica].assign(now) == bound, "bound differently on replay"
+        elif kind == "ended":
+            replica, call = payload
+            fresh[replica].ended(call)
         else:
             replica, rid, completed = payload
             fresh[replica].release(rid, completed)
