@@ -44,8 +44,8 @@ class ThreadGroup:
             t.start()
         for t in threads:
             t.join()
-        if errors:
-            raise errors[0]
+        if errors:  # the first rank's own error, not the broken barrier the others then saw
+            raise next((e for e in errors if not isinstance(e, threading.BrokenBarrierError)), errors[0])
         return results
 
 
