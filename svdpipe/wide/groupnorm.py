@@ -1,8 +1,9 @@
 """GroupNorm over statistics that span ranks: the temporal ResNet's norms see every frame and every position.
 
 `TemporalResnetBlock` normalises (B, C, F, H, W) over (C/32, F, H, W) per group, and a position shard holds
-only some positions. Each rank sends its per-group (mean, variance, count); every rank merges all of them in
-rank order in fp64, so every rank gets the same bits whatever its own share was.
+only some positions. Each rank sends its per-group (mean, variance); every rank merges all of them in
+rank order in fp64, so every rank gets the same bits whatever its own share was. The element counts come from
+the split sizes, which every rank knows, so only means and variances travel.
 """
 
 from __future__ import annotations
@@ -16,32 +17,34 @@ if TYPE_CHECKING:
 
 
 def local_stats(x: torch.Tensor, groups: int) -> torch.Tensor:
-    """This rank's flat fp64 statistics of x (B, C, ...): per-(batch, group) means, then variances, then the
-    element count per group, in one tensor so that one all-gather carries them."""
+    """This rank's fp64 statistics of x (B, C, ...): per-(batch, group) means, then variances, in one flat tensor
+    so that one all-gather carries them."""
     import torch
 
     grouped = x.reshape(x.shape[0], groups, -1).double()
     mean = grouped.mean(dim=-1)
     var = (grouped - mean[..., None]).square().mean(dim=-1)
-    count = torch.tensor([grouped.shape[-1]], dtype=torch.float64, device=x.device)
-    return torch.cat([mean.flatten(), var.flatten(), count])
+    return torch.cat([mean.flatten(), var.flatten()])
 
 
-def merge_stats(gathered: list[torch.Tensor], batch: int, groups: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Global (mean, variance) per (batch, group) from every rank's `local_stats`, added in list (rank) order.
+def merge_stats(gathered: list[torch.Tensor], counts: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Global (mean, variance), flat per (batch, group), from every rank's `local_stats` over `counts[q]`
+    elements per group, added in list (rank) order.
 
     The variance is merged as sum n_q (var_q + (mean_q - mean)^2) / N, two passes over the ranks, which keeps
     the cancellation of E[x^2] - E[x]^2 out of it."""
-    k = batch * groups
-    counts = [float(g[2 * k].detach()) for g in gathered]
     total = sum(counts)
+    k = gathered[0].numel() // 2
     mean = sum((n / total) * g[:k] for n, g in zip(counts, gathered, strict=True))
-    var = sum((n / total) * (g[k : 2 * k] + (g[:k] - mean).square()) for n, g in zip(counts, gathered, strict=True))
-    return mean.view(batch, groups), var.view(batch, groups)
+    var = sum((n / total) * (g[k:] + (g[:k] - mean).square()) for n, g in zip(counts, gathered, strict=True))
+    return mean, var
 
 
-def distributed_group_norm(comm: Communicator, norm: torch.nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
-    """`norm(x)` for x (B, C, ...) that is one rank's shard of the tensor the statistics range over.
+def distributed_group_norm(
+    comm: Communicator, norm: torch.nn.GroupNorm, x: torch.Tensor, counts: list[int]
+) -> torch.Tensor:
+    """`norm(x)` for x (B, C, ...) that is one rank's shard of the tensor the statistics range over; `counts[q]`
+    is the number of elements per (batch, group) on rank q (x holds `counts[comm.rank]`).
 
     Uses the module's own groups, eps and affine weights. Normalises in fp32 at least (fp16 activations as
     torch's GroupNorm kernels do), then returns x's dtype."""
@@ -49,7 +52,9 @@ def distributed_group_norm(comm: Communicator, norm: torch.nn.GroupNorm, x: torc
 
     batch, channels = x.shape[:2]
     groups = norm.num_groups
-    mean, var = merge_stats(comm.all_gather_stats(local_stats(x, groups)), batch, groups)
+    assert x[0].numel() // groups == counts[comm.rank], "counts disagree with the shard"
+    mean, var = merge_stats(comm.all_gather_stats(local_stats(x, groups)), counts)
+    mean, var = mean.view(batch, groups), var.view(batch, groups)
     compute = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
     rstd = torch.rsqrt(var + norm.eps).to(compute)
     grouped = x.reshape(batch, groups, -1).to(compute)

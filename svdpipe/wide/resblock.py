@@ -20,17 +20,23 @@ if TYPE_CHECKING:
 
 
 def temporal_resnet(
-    comm: Communicator, block: TemporalResnetBlock, x: torch.Tensor, temb: torch.Tensor | None
+    comm: Communicator, block: TemporalResnetBlock, x: torch.Tensor, temb: torch.Tensor | None, positions: list[int]
 ) -> torch.Tensor:
-    """`TemporalResnetBlock.forward` on a position shard x (B, C, F, S_r, 1), temb (B, F, T) of every frame.
+    """`TemporalResnetBlock.forward` on a position shard x (B, C, F, S_r, 1), temb (B, F, T) of every frame;
+    `positions[q]`: how many positions rank q holds.
 
     The (3, 1, 1) convolutions act per position, so a column of positions is as good as the (H, W) plane; only
     the two GroupNorms, whose statistics span all positions, talk to the other ranks."""
-    hidden = block.conv1(block.nonlinearity(distributed_group_norm(comm, block.norm1, x)))
+
+    def norm(module: torch.nn.GroupNorm, h: torch.Tensor) -> torch.Tensor:
+        per_position = h.shape[1] // module.num_groups * h.shape[2]  # channels of a group x frames
+        return distributed_group_norm(comm, module, h, [per_position * n for n in positions])
+
+    hidden = block.conv1(block.nonlinearity(norm(block.norm1, x)))
     if block.time_emb_proj is not None:
         temb = block.time_emb_proj(block.nonlinearity(temb))[:, :, :, None, None]
         hidden = hidden + temb.permute(0, 2, 1, 3, 4)
-    hidden = distributed_group_norm(comm, block.norm2, hidden)
+    hidden = norm(block.norm2, hidden)
     hidden = block.conv2(block.dropout(block.nonlinearity(hidden)))
     shortcut = block.conv_shortcut(x) if block.conv_shortcut is not None else x
     return shortcut + hidden
@@ -64,7 +70,7 @@ def wide_resblock(
 
     # 2. temporal ResNet, and the blend (per element) while the layout is at hand
     temb = temb_all.view(batch, frames, -1) if temb_all is not None else None
-    temporal = temporal_resnet(comm, block.temporal_res_block, spatial, temb)
+    temporal = temporal_resnet(comm, block.temporal_res_block, spatial, temb, positions)
     indicator = torch.zeros(batch, frames, dtype=hidden.dtype, device=hidden.device)
     mixed = block.time_mixer(x_spatial=spatial, x_temporal=temporal, image_only_indicator=indicator)
 

@@ -1,8 +1,8 @@
 """Bytes a wide UNet forward moves, from the shapes alone (pure, no torch): what `TorchComm` should count.
 
 Each `SpatioTemporalResBlock` and each temporal transformer layer switches to the position layout and back (two
-all-to-alls of its activations); each temporal ResNet's two GroupNorms all-gather (2 * B * 32 + 1) fp64
-statistics (per-group means and variances, and the element count). Bytes are logical: what leaves each rank.
+all-to-alls of its activations); each temporal ResNet's two GroupNorms all-gather 2 * B * 32 fp64
+statistics (per-group means and variances). Bytes are logical: what leaves each rank.
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ def forward_bytes(
             to_positions = batch * fr[r] * s.channels * (positions - pos[r])  # my frames, others' positions
             to_frames = batch * pos[r] * s.channels * (frames - fr[r])  # my positions, others' frames
             a2a[r] += (to_positions + to_frames) * item_bytes
-            stats[r] += s.norms * (2 * batch * GROUPS + 1) * STATS_ITEM_BYTES * (parts - 1)
+            stats[r] += s.norms * 2 * batch * GROUPS * STATS_ITEM_BYTES * (parts - 1)
         calls += 2
         norms += s.norms
     return Traffic(tuple(a2a), tuple(stats), calls, norms)
