@@ -4,6 +4,8 @@ and local GroupNorm statistics (the negative control) measurably wrong."""
 
 from __future__ import annotations
 
+import multiprocessing
+
 import pytest
 import torch
 import torch.multiprocessing as mp
@@ -18,9 +20,14 @@ WORLD = max(GROUP_SIZES)
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory) -> dict[int, list[dict]]:
-    """Each group size's per-rank results, from one spawn of WORLD processes."""
+    """Each group size's per-rank results, from one start of WORLD processes.
+
+    Forked from a forkserver that has imported the worker (torch, diffusers) once; forking this process instead
+    could hang in OpenMP, which earlier tests may have used."""
     tmp = tmp_path_factory.mktemp("wide_gloo")
-    mp.spawn(run_rank, args=(WORLD, str(tmp / "rendezvous"), str(tmp)), nprocs=WORLD, join=True)
+    multiprocessing.get_context("forkserver").set_forkserver_preload([run_rank.__module__])
+    args = (WORLD, str(tmp / "rendezvous"), str(tmp))
+    mp.start_processes(run_rank, args=args, nprocs=WORLD, join=True, start_method="forkserver")
     return {p: [torch.load(tmp / f"p{p}_rank{r}.pt", weights_only=False) for r in range(p)] for p in GROUP_SIZES}
 
 

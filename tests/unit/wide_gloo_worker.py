@@ -7,23 +7,25 @@ the gathered prediction and its byte counts for the parent test to check.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
+# What building the tiny UNet imports (diffusers' pipeline, transformers' CLIP) is imported here, at module level,
+# so that a forkserver preloading this module pays the ~8 s of imports once rather than once per rank.
+from diffusers import StableVideoDiffusionPipeline  # noqa: F401
+from transformers import CLIPVisionModelWithProjection  # noqa: F401
+
 from svdpipe.wide.comm import TorchComm
 from svdpipe.wide.unet import gather_frames, shard_frames, wide_unet_forward
+from tests.unit.wide_support import LocalStats, tiny_unet, unet_inputs
 
 SHAPE = {"batch": 2, "frames": 7, "height": 10, "width": 14}  # CFG batch; uneven frames and positions
 GROUP_SIZES = (2, 3, 4)
 
 
 def run_rank(rank: int, world: int, init_file: str, out_dir: str) -> None:
-    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
-    from tests.unit.wide_support import LocalStats, tiny_unet, unet_inputs
-
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
