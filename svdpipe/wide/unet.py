@@ -127,8 +127,11 @@ def wide_unet_forward(
     # 2. pre-process, per frame
     hidden = unet.conv_in(sample.flatten(0, 1))
 
+    # 3. down, keeping every layer's output for the up path's skip connections
+    skips: list[torch.Tensor] = [hidden]
+
     def run(block: torch.nn.Module, hidden: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-        """A down/mid/up block's resnets and attentions in diffusers' order; returns each layer's output."""
+        """A down or up block's resnets and attentions in diffusers' order; returns each layer's output."""
         outputs = ()
         attentions = getattr(block, "attentions", None) or [None] * len(block.resnets)
         for resnet, attention in zip(block.resnets, attentions, strict=True):
@@ -140,8 +143,6 @@ def wide_unet_forward(
             outputs += (hidden,)
         return hidden, outputs
 
-    # 3. down
-    skips: list[torch.Tensor] = [hidden]
     for block in unet.down_blocks:
         hidden, outputs = run(block, hidden)
         skips.extend(outputs)
