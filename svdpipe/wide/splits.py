@@ -82,3 +82,9 @@ class FrameShard:
     def start(self) -> int:
         """Global index of this rank's first frame (frame embeddings and guidance scales are per global frame)."""
         return offsets(list(self.frame_sizes))[self.rank]
+
+    @property
+    def frame_slice(self) -> slice:
+        """This rank's frames of anything indexed by global frame, e.g. the sampler's per-frame guidance scales
+        (`guidance_scales(...)[:, shard.frame_slice]`) or the full latents."""
+        return slice(self.start, self.start + self.local_frames)

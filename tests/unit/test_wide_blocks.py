@@ -10,7 +10,7 @@ from svdpipe.wide.resblock import wide_resblock
 from svdpipe.wide.splits import FrameShard, shard_range
 from svdpipe.wide.transformer import wide_transformer
 from svdpipe.wide.unet import check_diffusers_version, shard_frames, wide_unet_forward
-from tests.unit.wide_support import LocalStats, ThreadGroup, tiny_unet, unet_inputs
+from tests.unit.wide_support import LocalStats, ThreadGroup, one_thread, tiny_unet, unet_inputs
 
 BATCH, FRAMES, HEIGHT, WIDTH = 2, 7, 6, 7  # uneven over 2, 3 and 4 ranks, in frames and positions
 
@@ -46,7 +46,7 @@ def test_resblock_is_exact(unet, parts):
     x = torch.randn(BATCH * FRAMES, block.spatial_res_block.in_channels, HEIGHT, WIDTH, generator=gen).double()
     temb = torch.randn(BATCH, 128, generator=gen).double().repeat_interleave(FRAMES, dim=0)
     indicator = torch.zeros(BATCH, FRAMES, dtype=torch.float64)
-    with torch.no_grad():
+    with torch.no_grad(), one_thread():
         expected = block(x, temb, image_only_indicator=indicator)
     assert (_run_resblock(block, x, temb, parts) - expected).abs().max().item() < 1e-12
     # the negative control: GroupNorm statistics of the local positions only
@@ -61,7 +61,7 @@ def test_transformer_is_exact(unet, parts):
     context = torch.randn(BATCH, 1, 32, generator=gen).double()
     context_all = context.repeat_interleave(FRAMES, dim=0)
     indicator = torch.zeros(BATCH, FRAMES, dtype=torch.float64)
-    with torch.no_grad():
+    with torch.no_grad(), one_thread():
         expected = model(x, encoder_hidden_states=context_all, image_only_indicator=indicator, return_dict=False)[0]
 
     def work(comm):

@@ -13,7 +13,7 @@ import torch.multiprocessing as mp
 from svdpipe.architectures import TINY_UNET
 from svdpipe.wide.traffic import forward_bytes, gather_bytes
 from tests.unit.wide_gloo_worker import GROUP_SIZES, SHAPE, run_rank
-from tests.unit.wide_support import tiny_unet, unet_inputs
+from tests.unit.wide_support import one_thread, tiny_unet, unet_inputs
 
 WORLD = max(GROUP_SIZES)
 
@@ -37,7 +37,7 @@ def reference() -> dict[str, torch.Tensor]:
     out = {}
     for name, dtype in (("fp64", torch.float64), ("fp32", torch.float32)):
         unet = tiny_unet(dtype)
-        with torch.no_grad():
+        with torch.no_grad(), one_thread():
             out[name] = unet(**unet_inputs(unet, *SHAPE.values(), dtype)).sample
     return out
 

@@ -37,6 +37,20 @@ def test_ranges_offsets_and_frame_shards():
     assert frame_splits(25, 4) == [7, 6, 6, 6]
     shard = FrameShard.of(2, 7, 3, 2)
     assert (shard.frames, shard.parts, shard.local_frames, shard.start) == (7, 3, 2, 5)
+    assert shard.frame_slice == slice(5, 7)
+    with pytest.raises(ValueError, match="outside"):
+        FrameShard.of(2, 7, 3, 3)
+
+
+def test_per_frame_guidance_is_sliced_by_global_frame():
+    import torch
+
+    from svdpipe.sampler import guidance_scales
+
+    full = guidance_scales(1.0, 3.0, 7, 1, 5)  # rises from the first to the last frame of the whole video
+    parts = [full[:, FrameShard.of(1, 7, 3, r).frame_slice] for r in range(3)]
+    assert torch.equal(torch.cat(parts, dim=1), full)
+    assert parts[2][0, 0].item() == full[0, 5].item()  # rank 2 starts at global frame 5, not 0
 
 
 def test_max_share_is_the_busiest_ranks_fraction():

@@ -3,13 +3,26 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from svdpipe.wide.comm import ByteCount
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """torch on one intra-op thread for the block: these models are tiny, and two OpenMP threads on a loaded
+    2-core machine spin against each other (a tiny UNet call went from 0.1 s to 6 s)."""
+    intra_op = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(intra_op)
 
 
 class ThreadGroup:
@@ -40,10 +53,11 @@ class ThreadGroup:
                 self.barrier.abort()
 
         threads = [threading.Thread(target=target, args=(r,)) for r in range(self.size)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        with one_thread():  # P ranks each fanning out to every core would spin against each other
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
         if errors:  # the first rank's own error, not the broken barrier the others then saw
             raise next((e for e in errors if not isinstance(e, threading.BrokenBarrierError)), errors[0])
         return results
