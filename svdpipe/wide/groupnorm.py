@@ -16,14 +16,25 @@ if TYPE_CHECKING:
     from svdpipe.wide.comm import Communicator
 
 
-def local_stats(x: torch.Tensor, groups: int) -> torch.Tensor:
-    """This rank's fp64 statistics of x (B, C, ...): per-(batch, group) means, then variances, in one flat tensor
-    so that one all-gather carries them."""
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Where the normalisation runs: fp32 for half-precision activations (as torch's GroupNorm kernels do),
+    else the activations' own dtype."""
     import torch
 
-    grouped = x.reshape(x.shape[0], groups, -1).double()
-    mean = grouped.mean(dim=-1)
-    var = (grouped - mean[..., None]).square().mean(dim=-1)
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def local_stats(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """This rank's fp64 statistics of x (B, C, ...): per-(batch, group) means, then variances, in one flat tensor
+    so that one all-gather carries them. Deviations are formed in the compute dtype and summed in fp64, which
+    keeps an fp64 copy of the shard (hundreds of MB at SVD-XT's top level) out of memory."""
+    import torch
+
+    grouped = x.reshape(x.shape[0], groups, -1).to(compute_dtype(x.dtype))
+    n = grouped.shape[-1]
+    mean = grouped.sum(dim=-1, dtype=torch.float64) / n
+    deviation = grouped - mean.to(grouped.dtype)[..., None]
+    var = deviation.square().sum(dim=-1, dtype=torch.float64) / n
     return torch.cat([mean.flatten(), var.flatten()])
 
 
@@ -46,8 +57,7 @@ def distributed_group_norm(
     """`norm(x)` for x (B, C, ...) that is one rank's shard of the tensor the statistics range over; `counts[q]`
     is the number of elements per (batch, group) on rank q (x holds `counts[comm.rank]`).
 
-    Uses the module's own groups, eps and affine weights. Normalises in fp32 at least (fp16 activations as
-    torch's GroupNorm kernels do), then returns x's dtype."""
+    Uses the module's own groups, eps and affine weights; normalises in `compute_dtype`, returns x's dtype."""
     import torch
 
     batch, channels = x.shape[:2]
@@ -55,7 +65,7 @@ def distributed_group_norm(
     assert x[0].numel() // groups == counts[comm.rank], "counts disagree with the shard"
     mean, var = merge_stats(comm.all_gather_stats(local_stats(x, groups)), counts)
     mean, var = mean.view(batch, groups), var.view(batch, groups)
-    compute = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+    compute = compute_dtype(x.dtype)
     rstd = torch.rsqrt(var + norm.eps).to(compute)
     grouped = x.reshape(batch, groups, -1).to(compute)
     y = ((grouped - mean.to(compute)[..., None]) * rstd[..., None]).view(x.shape)
