@@ -13,7 +13,7 @@ Dtype = Literal["fp32", "fp16", "bf16"]
 Transport = Literal["auto", "nccl", "cuda_ipc", "gloo", "object_store"]
 PlacementStrategy = Literal["STRICT_PACK", "PACK", "SPREAD", "STRICT_SPREAD"]
 OutputFormat = Literal["mp4", "webm", "gif", "npy"]
-LatencyMode = Literal["off", "cfg-split", "auto", "parareal"]
+LatencyMode = Literal["off", "cfg-split", "auto", "parareal", "wide"]
 # pipeline: each request's steps are split over every model actor; data-parallel: one actor runs it whole.
 Parallelism = Literal["pipeline", "data-parallel"]
 
@@ -133,7 +133,15 @@ class EngineConfig(BaseModel):
     latency_mode: LatencyMode = Field(
         "off",
         description="Single-request speed-up: 'cfg-split' runs each step's guidance halves on two actors, "
-        "'auto' does so only while actors are idle, 'parareal' solves the stage blocks in parallel (opt-in).",
+        "'auto' does so only while actors are idle, 'parareal' solves the stage blocks in parallel (opt-in), "
+        "'wide' runs an idle request's steps on wide_size actors at once, each UNet call split over them.",
+    )
+    wide_size: int = Field(
+        2,
+        ge=2,
+        le=64,
+        description="P: actors sharing one UNet call in the 'wide' latency mode (frames and positions split "
+        "over them, exact); the model actors form num_stages // P groups of P.",
     )
     parareal_tol: float = Field(
         0.0, ge=0.0, le=100.0, description="Parareal stops once the final latents change by at most this (0: exact)."
@@ -167,6 +175,17 @@ class EngineConfig(BaseModel):
             )
         if self.device == "cuda" and self.num_gpus_per_actor == 0:
             raise ValueError("device 'cuda' needs num_gpus_per_actor > 0")
+        if self.latency_mode == "wide" and self.wide_size > self.num_stages:
+            raise ValueError(
+                f"wide_size {self.wide_size} needs at least that many actors (num_stages {self.num_stages})"
+            )
+        if self.latency_mode == "wide" and 0 < self.num_gpus_per_actor < 1:
+            raise ValueError("latency_mode 'wide' needs one GPU per actor (NCCL has one rank per device) or CPU actors")
+        if self.latency_mode == "wide" and self.transport == "gloo":
+            raise ValueError(
+                "latency_mode 'wide' forms its own torch.distributed group, which Ray's gloo transport also "
+                "claims in each actor: use transport 'object_store' (or 'auto') on CPU actors"
+            )
         if self.step_weights is not None and any(w <= 0 for w in self.step_weights):
             raise ValueError("step_weights must all be positive")
         return self

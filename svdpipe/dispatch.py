@@ -10,8 +10,9 @@ ready call (its planned actor first, the actor that holds the request's state ne
 0.997 with the same p95 (BENCHMARKS.md, "Late binding"). An actor takes one call at a time, so a call never waits
 behind younger work in an actor's queue.
 
-A call is pinned to its planned actor when the plan says so: the warm-up (every hop must run once) and a call
-with a CFG helper (its halves go to a helper actor chosen for it, which must not be the owner).
+A call is pinned to its planned actor when the plan says so: the warm-up (every hop must run once), a call
+with a CFG helper (its halves go to a helper actor chosen for it, which must not be the owner), and a wide call,
+which takes every actor of its group at once, when all of them are free.
 """
 
 from __future__ import annotations
@@ -69,7 +70,8 @@ class Dispatch:
             if actor is None:  # pinned to a busy actor: it keeps its place
                 waiting.append(item)
                 continue
-            self._busy[actor] += 1
+            for a in item.call.wide or (actor,):
+                self._busy[a] += 1
             bound.append((item.request_id, dataclasses.replace(item.call, actor=actor)))
         for item in waiting:
             heapq.heappush(self._ready, item)
@@ -100,6 +102,8 @@ class Dispatch:
 
     def _choose(self, item: _Ready) -> int | None:
         planned = item.call.actor
+        if item.call.wide:
+            return planned if not any(self._busy[a] for a in item.call.wide) else None
         if item.call.pinned:
             return planned if not self._busy[planned] else None
         for actor in (planned, item.previous):

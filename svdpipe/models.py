@@ -60,6 +60,14 @@ class ModelSpec:
             tuple(unet_config["block_out_channels"]),
         )
 
+    def innermost_positions(self, height: int, width: int) -> int:
+        """Latent positions at the UNet's innermost level for this output size (each down-sampler, 3x3 with
+        stride 2 and padding 1, takes the ceiling of half): a wide step splits them over its ranks."""
+        h, w = height // self.size_multiple, width // self.size_multiple
+        for _ in range(len(self.unet_channels) - 1):
+            h, w = (h + 1) // 2, (w + 1) // 2
+        return h * w
+
     def fewest_norm_values(self, height: int, width: int, num_frames: int) -> int:
         """Fewest values a GroupNorm group sees for this output size (torch needs at least 2)."""
         from svdpipe.limits import fewest_norm_values

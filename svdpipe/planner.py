@@ -23,6 +23,7 @@ from svdpipe.dispatch import Dispatch
 from svdpipe.latency import plan_cfg_split, split_work
 from svdpipe.ledger import CallEvent, Ledger
 from svdpipe.partition import request_ranges
+from svdpipe.wide.splits import max_share
 
 if TYPE_CHECKING:
     from svdpipe.config import LatencyMode
@@ -64,6 +65,7 @@ class RequestShape:
     decode_chunk_size: int
     cfg: bool = True  # classifier-free guidance (max_guidance_scale > 1)
     feeds_next: bool = False  # a clip of a long video: its last frame is the next clip's image, wanted first
+    positions: int | None = None  # latent positions at the UNet's innermost level (a wide step splits them)
 
     def __post_init__(self) -> None:
         if self.num_steps < 1 or self.num_frames < 1 or self.decode_chunk_size < 1:
@@ -110,6 +112,7 @@ class Plan:
     cfg: bool = True  # classifier-free guidance: a step is a batch of two
     feeds_next: bool = False  # the chunk holding the last frame decodes first (the next clip starts from it)
     pinned: bool = False  # every call runs on the actor named here (the warm-up: each hop must run once)
+    wide: tuple[int, ...] = ()  # the 'wide' mode: these actors run the one stage's steps together, rank order
 
     @property
     def split(self) -> bool:
@@ -137,6 +140,7 @@ class ActorCall:
     output: Transport = "object_store"  # how the result leaves (decoded frames always by the object store)
     helper: int | None = None  # the actor computing this call's guidance halves (CFG split)
     pinned: bool = False  # runs on `actor` only; else the dispatch may give it to another free actor (dispatch.py)
+    wide: tuple[int, ...] = ()  # its steps run on these actors together, each UNet call split over them (rank order)
 
 
 def decode_chunks(num_frames: int, chunk_size: int) -> list[tuple[int, int]]:
@@ -157,12 +161,15 @@ class Planner:
     step_weights: tuple[float, ...] | None = None  # relative per-step costs for the step split (None: equal)
     latency_mode: LatencyMode = "off"  # single-request speed-up: CFG halves on idle actors, or parareal
     transport: Transport = "object_store"  # the hand-off transport between model actors
+    wide_size: int = 2  # P: actors sharing one UNet call in the 'wide' latency mode
     ledger: Ledger = field(init=False, repr=False, compare=False)  # outstanding work, from the calls' events
     dispatch: Dispatch = field(init=False, repr=False, compare=False)  # which actor runs each ready call
 
     def __post_init__(self) -> None:
         if self.num_actors < 1 or self.num_mux < 1:
             raise ValueError(f"need at least one model actor and one mux actor, got {self.num_actors}, {self.num_mux}")
+        if self.wide_size < 2:
+            raise ValueError(f"wide_size must be at least 2, got {self.wide_size}")
         object.__setattr__(self, "ledger", Ledger(self.num_actors, self.num_mux))
         object.__setattr__(self, "dispatch", Dispatch(self.num_actors))
 
@@ -206,8 +213,10 @@ class Planner:
         return bound
 
     def ended(self, call: ActorCall) -> None:
-        """A call `assign` bound has ended (done, failed or cancelled): its actor is free for the next one."""
-        self.dispatch.ended(call.actor)
+        """A call `assign` bound has ended (done, failed or cancelled): its actor (a wide call's every actor) is
+        free for the next one."""
+        for actor in call.wide or (call.actor,):
+            self.dispatch.ended(actor)
 
     def record(self, event: CallEvent) -> None:
         """A call started or ended (reported by the executor): the ledger follows."""
@@ -222,6 +231,8 @@ class Planner:
     def _latency(self, plan: Plan, shape: RequestShape, load: Sequence[float], alone: bool) -> Plan:
         """The latency mode's decision for this plan: parareal for a request alone on a chain of >= 2 stages;
         else CFG helpers (latency.plan_cfg_split: 'auto' only borrows actors with nothing outstanding)."""
+        if self.latency_mode == "wide":
+            return self._wide(plan, shape, load)
         if self.latency_mode == "parareal":
             if alone and len(plan.stages) > 1:
                 return dataclasses.replace(plan, parareal=True, split_reason="parareal: alone on the pipeline")
@@ -234,13 +245,33 @@ class Planner:
         work = split_work(plan, split, self.costs.step_s)
         return dataclasses.replace(plan, helpers=split.helpers, split_reason=split.reason, work_s=work)
 
+    def _wide(self, plan: Plan, shape: RequestShape, load: Sequence[float]) -> Plan:
+        """The 'wide' mode: a request that finds a group of `wide_size` actors (num_actors // P groups of P
+        consecutive actors) with nothing outstanding runs all its steps on that group, each UNet call split over
+        it; under load it keeps its plan (width 1)."""
+        p = self.wide_size
+        groups = [tuple(range(g, g + p)) for g in range(0, self.num_actors - p + 1, p)]
+        idle = [g for g in groups if all(load[a] <= 0.0 for a in g)]
+        if not idle:
+            return dataclasses.replace(plan, split_reason=f"width 1: no group of {p} idle actors")
+        if shape.num_frames < p or (shape.positions is not None and shape.positions < p):
+            why = f"{shape.num_frames} frames, {shape.positions} innermost positions"
+            return dataclasses.replace(plan, split_reason=f"width 1: {why}, fewer than {p} ranks to split over")
+        group = idle[0]
+        chunks = [(d.start, d.stop) for d in plan.decode]
+        wide = self._plan_wide(plan.request_id, shape, chunks, list(load), group)
+        return dataclasses.replace(
+            plan, **wide, wide=group, split_reason=f"wide: steps on actors {list(group)} together"
+        )
+
     def _enter(self, plan: Plan, now: float) -> None:
         calls = plan_calls(plan)
         if plan.parareal:  # its solves report no call events: each actor's share runs from admission
             work = [(_PARAREAL_WORK, {a: w for a, w in enumerate(plan.work_s) if w > 0})]
             self.ledger.add(plan.request_id, work, len(calls), plan.mux_actor, now, started=True)
             return
-        entries = [(c.index, call_work(c, self.costs, plan.cfg)) for c in calls]
+        share = max_share(plan.num_frames, len(plan.wide)) if plan.wide else 1.0
+        entries = [(c.index, call_work(c, self.costs, plan.cfg, share)) for c in calls]
         self.ledger.add(plan.request_id, entries, len(calls), plan.mux_actor, now)
 
     def plan(
@@ -302,13 +333,7 @@ class Planner:
         encode_actor = _least(total, prefer=0, extra=c.call_s)
         total[encode_actor] += c.encode_s + (0.0 if encode_actor == stages[0].actor else c.call_s)
         # 3. decode chunks: each to the least-loaded actor; one call per actor, however many chunks it decodes
-        decode: list[DecodeAssignment] = []
-        decoders: set[int] = set()
-        for a, b in chunks:
-            actor = _least(total, prefer=stages[-1].actor if not decoders else None, extra=c.call_s, free=decoders)
-            total[actor] += (b - a) * c.decode_frame_s + (0.0 if actor in decoders else c.call_s)
-            decoders.add(actor)
-            decode.append(DecodeAssignment(actor, a, b))
+        decode = self._place_decode(chunks, total, stages[-1].actor)
         return {
             "request_id": request_id,
             "parallelism": "pipeline",
@@ -318,6 +343,38 @@ class Planner:
             "work_s": tuple(t - before for t, before in zip(total, load, strict=True)),
         }
 
+    def _plan_wide(
+        self, request_id: str, shape: RequestShape, chunks: list[tuple[int, int]], load: list[float], group: tuple
+    ) -> dict:
+        """Every step on `group` together (each actor the busiest rank's share of each call), encode on its
+        first actor (rank 0, whose state the others receive), decode chunks to the least-loaded actors."""
+        c = self.costs
+        total = list(load)
+        steps_s = shape.num_steps * c.step_cost(shape.cfg) * max_share(shape.num_frames, len(group)) + c.call_s
+        for a in group:
+            total[a] += steps_s
+        total[group[0]] += c.encode_s
+        decode = self._place_decode(chunks, total, group[0])
+        return {
+            "encode_actor": group[0],
+            "stages": (StageAssignment(group[0], 0, shape.num_steps),),
+            "decode": tuple(decode),
+            "work_s": tuple(t - before for t, before in zip(total, load, strict=True)),
+        }
+
+    def _place_decode(self, chunks: list[tuple[int, int]], total: list[float], last: int) -> list[DecodeAssignment]:
+        """Each decode chunk to the least-loaded actor (the chain's `last` actor first: no extra call); one call
+        per actor, however many chunks it decodes. Updates `total`."""
+        c = self.costs
+        decode: list[DecodeAssignment] = []
+        decoders: set[int] = set()
+        for a, b in chunks:
+            actor = _least(total, prefer=last if not decoders else None, extra=c.call_s, free=decoders)
+            total[actor] += (b - a) * c.decode_frame_s + (0.0 if actor in decoders else c.call_s)
+            decoders.add(actor)
+            decode.append(DecodeAssignment(actor, a, b))
+        return decode
+
 
 def actor_calls(plan: Plan) -> tuple[list[ActorCall], list[ActorCall]]:
     """The plan as actor calls: the chain (each taking the previous call's output) and the decode calls (each
@@ -325,11 +382,13 @@ def actor_calls(plan: Plan) -> tuple[list[ActorCall], list[ActorCall]]:
     decodes every chunk and ran the last steps, decoding joins that call and the decode list is empty. Calls
     are numbered chain first, then decodes (the mux call comes after them all: `mux_call_index`)."""
     chain: list[ActorCall] = []
-    if plan.encode_actor != plan.stages[0].actor:
+    # A wide stage's ranks all start from one encoded state: encode runs in a call of its own, before it
+    if plan.encode_actor != plan.stages[0].actor or plan.wide:
         chain.append(ActorCall(plan.encode_actor, True, None, ()))
     for stage in plan.stages:
         last = chain[-1] if chain else None
-        if last is not None and last.actor == stage.actor and (last.steps is None or last.steps[1] == stage.start):
+        mergeable = last is not None and last.actor == stage.actor and not plan.wide
+        if mergeable and (last.steps is None or last.steps[1] == stage.start):
             start = last.steps[0] if last.steps is not None else stage.start
             chain[-1] = ActorCall(stage.actor, last.encode, (start, stage.stop), ())
         else:
@@ -358,7 +417,9 @@ def actor_calls(plan: Plan) -> tuple[list[ActorCall], list[ActorCall]]:
             priority=0.0 if plan.feeds_next and i >= len(chain) else float(i),
             output="object_store" if call.decode else plan.transport,
             helper=helper_of.get(call.steps) if call.steps is not None else None,
-            pinned=plan.pinned or (call.steps is not None and helper_of.get(call.steps) is not None),
+            pinned=plan.pinned
+            or (call.steps is not None and (bool(plan.wide) or helper_of.get(call.steps) is not None)),
+            wide=plan.wide if call.steps is not None else (),
         )
         for i, call in enumerate([*chain, *decodes])
     ]
@@ -387,11 +448,16 @@ def stage_starts(plan: Plan, costs: CostModel) -> list[float]:
     return starts
 
 
-def call_work(call: ActorCall, costs: CostModel, cfg: bool) -> dict[int, float]:
-    """Expected seconds of one call on each actor it loads: its own (turnaround, encode, steps, decode) and,
-    with a helper, the conditional halves moved to the helper (a batch of one: half a guided step)."""
+def call_work(call: ActorCall, costs: CostModel, cfg: bool, wide_share: float = 1.0) -> dict[int, float]:
+    """Expected seconds of one call on each actor it loads: its own (turnaround, encode, steps, decode); with a
+    helper, the conditional halves moved to the helper (a batch of one: half a guided step); for a wide call,
+    `wide_share` of the steps on every actor of its group (the busiest rank's share of each UNet call)."""
     steps = call.steps[1] - call.steps[0] if call.steps is not None else 0
     frames = sum(b - a for a, b in call.decode)
+    if call.wide:
+        work = {a: costs.call_s + steps * costs.step_cost(cfg) * wide_share for a in call.wide}
+        work[call.actor] += (costs.encode_s if call.encode else 0.0) + frames * costs.decode_frame_s
+        return work
     own = costs.call_s + (costs.encode_s if call.encode else 0.0) + steps * costs.step_cost(cfg)
     own += frames * costs.decode_frame_s
     work = {call.actor: own}

@@ -74,6 +74,13 @@ class StandInUNet(_StandIn):
         out = torch.zeros(batch, frames, self.config["out_channels"], h, w, dtype=sample.dtype, device=sample.device)
         return (out,) if not return_dict else SimpleNamespace(sample=out)
 
+    def wide_forward(self, comm: Any, sample: torch.Tensor, timestep: Any, *args: Any, num_frames: int) -> torch.Tensor:
+        """One rank's share of a wide UNet call (svdpipe/wide/stage.py): waits for its frames' share of the call
+        (the collectives' time is not simulated); zeros of its frames of the prediction."""
+        batch, frames, _, h, w = sample.shape
+        time.sleep(self.step_s * batch / 2 * frames / num_frames)
+        return torch.zeros(batch, frames, self.config["out_channels"], h, w, dtype=sample.dtype, device=sample.device)
+
 
 class StandInImageEncoder(_StandIn):
     """CLIPVisionModelWithProjection's call: waits the whole simulated encode cost (the VAE encode is free)."""

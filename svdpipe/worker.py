@@ -144,6 +144,7 @@ class ModelWorker:
         self._peak_bytes = self._decode_frame_bytes = 0
         _quiet_zero_copy_warnings()
         self.idle_since = time.time()
+        self._wide: Any = None  # this actor's rank in its 'wide' group (svdpipe.wide.comm.TorchComm), if any
         logger.info("%s ready on %s", spec.name, self.model.device)
 
     def _prepare_unet(self) -> None:
@@ -157,6 +158,39 @@ class ModelWorker:
 
     def ping(self) -> str:
         return self.spec.name
+
+    def wide_address(self) -> str:
+        """host:port where this actor (rank 0 of the 'wide' process group) can listen: a port free now."""
+        import socket
+
+        import ray
+
+        with socket.socket() as sock:
+            sock.bind(("", 0))
+            port = sock.getsockname()[1]
+        return f"{ray.util.get_node_ip_address()}:{port}"
+
+    def join_wide(self, address: str, rank: int, world: int, size: int, timeout_s: float) -> None:
+        """Join the model actors' torch.distributed process group (gloo on CPU actors, NCCL on GPU ones; formed
+        again whole after a rebuild) and this actor's group of `size` consecutive ranks for wide steps. Every
+        model actor calls this together, with the same `address` and `world`."""
+        import datetime
+
+        import torch.distributed as dist
+
+        from svdpipe.wide.comm import TorchComm
+
+        if dist.is_initialized():  # a rebuild: the old group lost a member
+            dist.destroy_process_group()
+        backend = "nccl" if self.model.device.type == "cuda" else "gloo"
+        timeout = datetime.timedelta(seconds=timeout_s)
+        dist.init_process_group(backend, init_method=f"tcp://{address}", rank=rank, world_size=world, timeout=timeout)
+        self._wide = None
+        for start in range(0, world - size + 1, size):  # every rank creates every group, in the same order
+            ranks = list(range(start, start + size))
+            group = dist.new_group(ranks, timeout=timeout)
+            if rank in ranks:
+                self._wide = TorchComm(group)
 
     def warm_up(self, image_png: bytes, params: ResolvedParams) -> PhaseCosts:
         """Run one request here twice (first calls pay lazy initialisation, allocator growth, compilation) and
@@ -307,6 +341,9 @@ class ModelWorker:
             state = stages.denoise_split(self.model, state, range(*call.steps), exchange.start, on_step)
             split = {"split_steps": exchange.steps, "helper_s": exchange.helper_s, "exchange_s": exchange.exchange_s}
             steps = call.steps[1] - call.steps[0]
+        elif call.steps is not None and call.wide:
+            state = self._denoise_wide(state, call, on_step)
+            steps = call.steps[1] - call.steps[0]
         elif call.steps is not None:
             state = stages.denoise(self.model, state, range(*call.steps), on_step)
             steps = call.steps[1] - call.steps[0]
@@ -333,6 +370,14 @@ class ModelWorker:
             result = state.traced(entry).fresh() if self.fresh_tensors else state.traced(entry)
         self.idle_since = time.time()
         return result
+
+    def _denoise_wide(self, state: RequestState, call: ActorCall, on_step: Any) -> RequestState:
+        from svdpipe.wide.stage import denoise_wide
+
+        comm = self._wide
+        if comm is None or comm.size != len(call.wide) or call.wide[comm.rank] != self.spec.index:
+            raise RuntimeError(f"{self.spec.name} holds no rank of the wide group {list(call.wide)}")
+        return denoise_wide(self.model, state, range(*call.steps), comm, on_step)
 
 
 def wall_clock_of(device: Any) -> Any:

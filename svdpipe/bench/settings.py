@@ -29,6 +29,7 @@ class BenchSettings(BaseModel):
     latency_mode: LatencyMode = _ENGINE["latency_mode"]
     parareal_tol: float = _ENGINE["parareal_tol"]
     parareal_max_iters: int | None = _ENGINE["parareal_max_iters"]
+    wide_size: int = _ENGINE["wide_size"]
     stages: int = Field(7, ge=1, le=64, description="N: model actors of every mode but sequential (which has one).")
     mux_actors: int = Field(2, ge=1, le=64, description="CPU-only mux actors, the same pool size in every mode.")
     steps: int = Field(21, ge=1, le=1000, description="T: denoising steps per request.")

@@ -187,6 +187,7 @@ class BenchRun:
             latency_mode=s.latency_mode_for(mode),
             parareal_tol=s.parareal_tol,
             parareal_max_iters=s.parareal_max_iters,
+            wide_size=s.wide_size,
             num_stages=s.workers_for(mode),
             parallelism="data-parallel" if mode == "data-parallel" else "pipeline",
             num_mux_actors=s.mux_actors,

@@ -128,6 +128,7 @@ class Engine:
                 c.step_weights,
                 c.latency_mode,
                 self.transport,
+                c.wide_size,
             )
             await self._warm_chain()
         except BaseException:
@@ -287,6 +288,7 @@ class Engine:
             params.decode_chunk_size,
             params.do_classifier_free_guidance,
             feeds_next=record.next_image is not None,
+            positions=self.spec.innermost_positions(params.height, params.width),
         )
         record.admitted = admitted
         attempt = 0

@@ -45,7 +45,8 @@ class ChainExecutor:
         self.pool = pool
         self._planner = planner  # the engine's planner (built at start, after the actors measured their costs)
         self._waiting: dict[str, tuple[RequestRecord, asyncio.Future, Any]] = {}  # request:call -> who waits
-        self._running: dict[Any, tuple[ActorCall, asyncio.Future]] = {}  # ref -> its bound call, its waiter
+        # ref -> its bound call, its waiter, and the refs of that call still running (a wide call has one per rank)
+        self._running: dict[Any, tuple[ActorCall, asyncio.Future, set[Any]]] = {}
         self._poll: asyncio.Task | None = None
 
     @property
@@ -118,27 +119,36 @@ class ChainExecutor:
                 continue
             record, bound, item = waiter
             try:
-                ref = self._submit(call, item)
+                refs = self._submit(call, item)
             except Exception as exc:
                 planner.ended(call)
                 bound.set_exception(exc)
                 continue
-            record.refs.append(ref)
-            record.bound.add(call.actor)
+            record.refs.extend(refs)
+            record.bound.update(call.wide or (call.actor,))
             ended: asyncio.Future = asyncio.get_running_loop().create_future()
-            self._running[ref] = (call, ended)
-            bound.set_result((ref, call.actor))
+            members = set(refs)
+            for ref in refs:
+                self._running[ref] = (call, ended, members)
+            bound.set_result((refs[0], call.actor))
         if self._running and (self._poll is None or self._poll.done()):
             self._poll = asyncio.get_running_loop().create_task(self._poll_running())
 
-    def _submit(self, call: ActorCall, item: Any) -> Any:
+    def _submit(self, call: ActorCall, item: Any) -> list[Any]:
+        """The call's refs: one, or a wide call's one per rank (rank 0's, on `call.actor`, first: the next calls
+        take its state; every rank ends with the same one)."""
         pool = self.pool
-        method = pool.models[call.actor].run
-        if call.output != "object_store":
-            method = method.options(tensor_transport=call.output)
-        if call.helper is not None:
-            return method.remote(item, call, HalfExchange(pool.models[call.helper], pool.layout[call.helper].name))
-        return method.remote(item, call)
+        refs = []
+        for actor in call.wide or (call.actor,):
+            method = pool.models[actor].run
+            if call.output != "object_store":
+                method = method.options(tensor_transport=call.output)
+            if call.helper is not None:
+                exchange = HalfExchange(pool.models[call.helper], pool.layout[call.helper].name)
+                refs.append(method.remote(item, call, exchange))
+            else:
+                refs.append(method.remote(item, call))
+        return refs
 
     async def _ended(self, ref: Any) -> None:
         entry = self._running.get(ref)
@@ -157,7 +167,10 @@ class ChainExecutor:
                 logger.warning("polling %d running calls failed", len(refs), exc_info=True)
                 continue
             for ref in done:
-                call, ended = self._running.pop(ref)
+                call, ended, members = self._running.pop(ref)
+                members.discard(ref)
+                if members:  # a wide call: its other ranks still run
+                    continue
                 self.planner.ended(call)
                 if not ended.done():
                     ended.set_result(None)

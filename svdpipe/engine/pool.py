@@ -77,6 +77,7 @@ class ActorPool:
         self.muxers = [await self._new_actor(spec) for spec in self.mux_layout]
         await self._ready()
         await self._make_group()
+        await self._make_wide()
 
     async def shutdown(self) -> None:
         """Kill every actor and release the placement group (if this pool reserved it)."""
@@ -139,6 +140,7 @@ class ActorPool:
         try:
             await self._ready()
             await self._make_group()
+            await self._make_wide()
         except Exception as exc:
             logger.warning("partial rebuild failed (%s); replacing every model actor", type(exc).__name__)
             bad = await self.replace_all()
@@ -151,6 +153,7 @@ class ActorPool:
             self._replace(i)
         await self._ready()
         await self._make_group()
+        await self._make_wide()
         return list(range(len(self.models)))
 
     def _replace(self, i: int) -> None:
@@ -249,6 +252,17 @@ class ActorPool:
         # process therefore. Ray's call blocks on every member's init: in a thread, bounded.
         create = asyncio.to_thread(create_collective_group, self.models, backend=backend, name="default")
         self._group = await self._within(create, self.config.start_timeout_s, "form the collective group")
+
+    async def _make_wide(self) -> None:
+        """The 'wide' latency mode: every model actor joins one torch.distributed group (rank = its index) and its
+        group of wide_size (worker.join_wide); formed whole again after a rebuild, bounded like the rest."""
+        if self.config.latency_mode != "wide":
+            return
+        timeout_s = self.config.start_timeout_s
+        address = await self._within(self.models[0].wide_address.remote(), self.config.ping_timeout_s, "answer")
+        n, size = len(self.models), self.config.wide_size
+        joins = [actor.join_wide.remote(address, i, n, size, timeout_s) for i, actor in enumerate(self.models)]
+        await self._within(asyncio.gather(*joins), timeout_s, "form the wide process group")
 
     async def _destroy_group(self) -> None:
         if self._group is None:

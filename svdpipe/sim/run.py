@@ -96,6 +96,7 @@ class Simulation:
             latency_mode=s.latency_mode_for(mode),
             max_inflight=self.o.max_inflight or max(16, self.concurrency(mode)),
             parareal_max_iters=s.parareal_max_iters,
+            wide_size=s.wide_size,
             name_prefix=f"bench-{mode}",
         )
 

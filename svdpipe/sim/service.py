@@ -50,6 +50,7 @@ from svdpipe.ledger import CallEvent
 from svdpipe.planner import UNTRACKED, ActorCall, Parallelism, Plan, Planner, RequestShape, actor_calls, mux_call_index
 from svdpipe.sim.clock import EventLoop
 from svdpipe.sim.costs import SimCosts, Spread
+from svdpipe.wide.splits import max_share
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,7 @@ class Layout:
     latency_mode: str = "off"
     max_inflight: int = 16  # per pipeline (EngineConfig.max_inflight)
     parareal_max_iters: int | None = None
+    wide_size: int = 2  # P of the 'wide' latency mode (EngineConfig.wide_size)
     name_prefix: str = "sim"
 
     def __post_init__(self) -> None:
@@ -239,6 +241,7 @@ class Service:
                     layout.parallelism,
                     None,
                     layout.latency_mode,  # type: ignore[arg-type]
+                    wide_size=layout.wide_size,
                 ),
                 [_Actor(f"{layout.prefix(r)}-model-{i}") for i in range(layout.actors)],
                 [_Mux(f"{layout.prefix(r)}-mux-{i}") for i in range(layout.mux_actors)],
@@ -398,6 +401,10 @@ class Service:
             self.loop.after(prefix * run.factor, self._step, replica, actor, run)
             return
         step = c.step_s if run.clip.plan.cfg else c.step_s / 2
+        if run.call is not None and run.call.wide:  # every rank busy for the busiest rank's share of each call
+            for a in run.call.wide:
+                self.replicas[replica].models[a].running = True
+            step *= max_share(run.clip.plan.num_frames, len(run.call.wide))
         work = prefix + run.steps * step + run.frames * c.decode_frame_s
         self.loop.after(work * run.factor, self._end, replica, actor, run)
 
@@ -425,6 +432,9 @@ class Service:
     def _end(self, replica: int, actor: _Actor, run: _Run) -> None:
         now = self.loop.now
         actor.running = False
+        wide = run.call.wide if run.call is not None else ()
+        for a in wide:
+            self.replicas[replica].models[a].running = False
         clip, request = run.clip, run.clip.request
         rep = self.replicas[replica]
         if run.role != "p-solve":
@@ -440,6 +450,8 @@ class Service:
             self._ended(rep, run.call)
         self._output(run)
         self._dispatch(replica, run.actor)
+        for a in wide:
+            self._dispatch(replica, a)
 
     def _output(self, run: _Run) -> None:
         """Where the call's result goes: the next chain call, the decodes, the mux, the next clip."""

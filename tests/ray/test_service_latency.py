@@ -1,4 +1,4 @@
-"""latency_mode parareal behind the jobs API: a job gives the serial video and reports its solve.
+"""latency_mode parareal and wide behind the jobs API: a job gives the serial video and reports how it ran.
 
 (That a cfg-split job records `cfg_split` is tests/unit/test_jobs.py's: a second Serve app costs ~35 s here.)"""
 
@@ -22,8 +22,9 @@ TOLERANCE = 1e-5
 PARAMS = VideoParams(num_inference_steps=4, num_frames=2, height=32, width=32, seed=9)
 
 
-def _service(tmp_path, name: str) -> ServiceConfig:
-    engine = small_engine(name, num_stages=3, transport="object_store", latency_mode="parareal", parareal_tol=0.0)
+def _service(tmp_path, name: str, **engine_fields) -> ServiceConfig:
+    fields = {"latency_mode": "parareal", "parareal_tol": 0.0, **engine_fields}
+    engine = small_engine(name, num_stages=3, transport="object_store", **fields)
     return ServiceConfig(data_dir=str(tmp_path / name), replica_cpus=0.1, engine=engine)
 
 
@@ -71,3 +72,14 @@ def test_parareal_job_gives_the_serial_video_and_reports_the_solve(ray_session, 
     resolved = VideoParams(**{k: ran[k] for k in VideoParams.model_fields})
     want = diffusers_frames(reference_pipe, load_image(png), resolved)
     assert float(np.abs(serial - want).max()) <= TOLERANCE
+
+
+def test_wide_job_gives_the_serial_video(ray_session, tmp_path, png):
+    with serving(_service(tmp_path, "svc-wide", latency_mode="wide", wide_size=2), "svdpipe-wide") as (client, _):
+        job, mp4 = _run_job(client, png)
+    ran = job["parameters"]
+    assert ran["latency_mode"] == "wide" and ran["wide_actors"] == 2
+    # Lossy containers again (see above): the float frames' equality is tests/ray/test_wide.py's
+    got, expected = decoded(mp4), decoded(encode_video(_serial_frames(png), "mp4", PARAMS.fps))
+    assert got.shape == expected.shape
+    assert float(np.abs(got.astype(float) - expected).mean()) <= 2.0

@@ -100,3 +100,20 @@ def test_warm_up_and_cfg_helper_calls_are_pinned():
     assert split.split
     assert all(c.pinned == (c.helper is not None) for c in plan_calls(split))
     assert not any(c.pinned for c in plan_calls(Planner(2, 1, costs).admit("u", RequestShape(2, 1, 1), now=0.0)))
+
+
+def test_a_wide_call_waits_until_its_whole_group_is_free_and_frees_it_whole():
+    d = Dispatch(3)
+    d.ready("x", _call(1), since=0.0)
+    d.assign()
+    wide = ActorCall(0, False, (0, 4), (), 1, 1.0, pinned=True, wide=(0, 1))
+    d.ready("w", wide, since=1.0)
+    d.ready("y", _call(2), since=2.0)
+    assert [(r, c.actor) for r, c in d.assign()] == [("y", 2)]  # actor 1 is busy: the wide call waits
+    d.ended(1)
+    assert d.assign() == [("w", wide)]
+    assert not d.free(0) and not d.free(1)
+    planner = Planner(2, 1, CostModel(0.0, 1.0, 0.0), latency_mode="wide")
+    planner.dispatch._busy[:] = [1, 1]
+    planner.ended(wide)
+    assert planner.dispatch.free(0) and planner.dispatch.free(1)

@@ -205,6 +205,8 @@ class Dispatcher:
             ran["parareal_iterations"] = result.parareal.iterations
             ran["parareal_unet_evals"] = result.parareal.unet_evals
             ran["parareal_final_change"] = result.parareal.final_change
+        if result.plan is not None and result.plan.wide:  # its steps ran on this many actors together
+            ran["wide_actors"] = len(result.plan.wide)
         self.metrics.latency_mode(result.split, sum(t.helper_s for t in result.video.trace))
         await self.recorder.record(
             job_id,
