@@ -1,6 +1,6 @@
 """On a GPU: the tiny model in fp32, fp16 and bf16 equals diffusers on the same GPU (single process and
-through the engine), 3 actors sharing the GPU over CUDA IPC equal the single-process path, and the CFG split
-and parareal (tol 0) on GPU actors equal the serial path."""
+through the engine), 3 actors sharing the GPU over CUDA IPC equal the single-process path, the CFG split and
+parareal (tol 0) on GPU actors equal the serial path, and, on a host with 2 GPUs, so do wide steps over NCCL."""
 
 from __future__ import annotations
 
@@ -78,3 +78,23 @@ def test_latency_modes_on_gpu_actors_equal_serial(record_property, gpu_ray, gpu_
     diff = max_abs_diff(result.frames, _local(dtype, gpu_image, PARAMS))
     record_property("max_abs_diff", diff)
     assert diff <= TOLERANCE[dtype], f"{latency_mode} {dtype}: max abs diff {diff:.3g}"
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "fp16"])
+def test_wide_steps_over_nccl_equal_serial(record_property, gpu_ray, gpu_image, dtype):
+    """The 'wide' mode on 2 GPUs (one actor each, NCCL): each UNet call split over both equals the serial path.
+    Skipped, with the GPU count, on a host with one GPU (the check's report says so)."""
+    import torch
+
+    from svdpipe.engine.sync import generate_once
+
+    if torch.cuda.device_count() < 2:
+        pytest.skip(f"needs 2 GPUs for a wide step over NCCL; this host has {torch.cuda.device_count()}")
+    config = EngineConfig(
+        num_stages=2, dtype=dtype, num_gpus_per_actor=1, latency_mode="wide", wide_size=2, name_prefix=f"wide-{dtype}"
+    )
+    # One request on an idle engine of one group: it runs wide (tests/unit/test_wide_planning.py)
+    result = generate_once(config, gpu_image, PARAMS)
+    diff = max_abs_diff(result.frames, _local(dtype, gpu_image, PARAMS))
+    record_property("max_abs_diff", diff)
+    assert diff <= TOLERANCE[dtype], f"wide {dtype}: max abs diff {diff:.3g}"
