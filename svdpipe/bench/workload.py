@@ -184,7 +184,8 @@ class BenchRun:
             transport=s.transport if mode == "pipeline" else "object_store",  # a replica hands nothing on
             num_gpus_per_actor=s.num_gpus_per_actor,
             num_cpus_per_actor=s.num_cpus_per_actor,
-            latency_mode=s.latency_mode_for(mode),
+            # one actor: nothing to split, and a wide group cannot form
+            latency_mode=s.latency_mode_for(mode) if mode != "sequential" else "off",
             parareal_tol=s.parareal_tol,
             parareal_max_iters=s.parareal_max_iters,
             wide_size=s.wide_size,
