@@ -97,17 +97,18 @@ class Ledger:
             entry.started = event.at
 
     def rebind(self, request_id: str, call: int, actor: int, now: float) -> None:
-        """The dispatch gave the call to `actor` (free now): its owner's expected seconds move there. A split
-        call's halves stay where they were planned (such calls are pinned and never move)."""
+        """The dispatch gave the call to `actor` (free now): its owner's expected seconds move there (a CFG-split
+        call's halves stay with its helper; a wide call is never moved)."""
         entry = self._calls.get((request_id, call))
-        if entry is None or len(entry.work) != 1:
+        if entry is None or not entry.work:
             return
-        ((planned, seconds),) = entry.work.items()
-        if planned == actor:
+        owner = next(iter(entry.work))  # the owner's entry comes first
+        if owner == actor or actor in entry.work:
             return
-        self._finish[planned] -= seconds
+        seconds = entry.work.pop(owner)
+        self._finish[owner] -= seconds
         self._finish[actor] = max(self._finish[actor], now) + seconds
-        entry.work = {actor: seconds}
+        entry.work = {actor: seconds, **entry.work}
 
     def release(self, request_id: str, completed: bool = True) -> None:
         """The request ended. Done: its calls all ran (events still on their way change nothing more). Failed or

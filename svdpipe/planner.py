@@ -417,8 +417,7 @@ def actor_calls(plan: Plan) -> tuple[list[ActorCall], list[ActorCall]]:
             priority=0.0 if plan.feeds_next and i >= len(chain) else float(i),
             output="object_store" if call.decode else plan.transport,
             helper=helper_of.get(call.steps) if call.steps is not None else None,
-            pinned=plan.pinned
-            or (call.steps is not None and (bool(plan.wide) or helper_of.get(call.steps) is not None)),
+            pinned=plan.pinned or (call.steps is not None and bool(plan.wide)),
             wide=plan.wide if call.steps is not None else (),
         )
         for i, call in enumerate([*chain, *decodes])

@@ -92,14 +92,34 @@ def test_the_planner_moves_a_rebound_calls_seconds_in_its_ledger():
     planner.release("r", completed=False)
 
 
-def test_warm_up_and_cfg_helper_calls_are_pinned():
+def test_warm_up_calls_are_pinned_and_a_split_call_never_runs_on_its_helper():
     costs = CostModel(encode_s=0.0, step_s=1.0, decode_frame_s=0.0)
     warm = Planner(3, 1, costs).warmup_plan(RequestShape(3, 1, 1))
     assert all(c.pinned for c in plan_calls(warm))
-    split = Planner(2, 1, costs, latency_mode="cfg-split").admit("s", RequestShape(2, 1, 1), now=0.0)
-    assert split.split
-    assert all(c.pinned == (c.helper is not None) for c in plan_calls(split))
     assert not any(c.pinned for c in plan_calls(Planner(2, 1, costs).admit("u", RequestShape(2, 1, 1), now=0.0)))
+    d = Dispatch(3)
+    d.ready("x", _call(0), since=0.0)
+    d.assign()  # actor 0 busy
+    split = ActorCall(0, False, (0, 2), (), 0, 0.0, helper=1)
+    d.ready("s", split, since=1.0, previous=1)
+    assert [(r, c.actor, c.helper) for r, c in d.assign()] == [("s", 2, 1)]  # not 1: it helps this call
+    d.ready("t", ActorCall(0, False, (0, 2), (), 0, 0.0, helper=1), since=2.0)
+    assert d.assign() == []  # only actor 1 is free, and it is this call's helper
+    assert d.waiting == 1
+
+
+def test_the_ledger_moves_a_split_calls_own_seconds_and_leaves_its_helpers():
+    costs = CostModel(encode_s=0.0, step_s=1.0, decode_frame_s=0.0)
+    planner = Planner(3, 1, costs, latency_mode="cfg-split")
+    plan = planner.admit("s", RequestShape(2, 1, 1), now=0.0)
+    call = next(c for c in plan_calls(plan) if c.helper is not None)
+    others = [a for a in range(3) if a not in (call.actor, call.helper)]
+    before = planner.ledger.backlog(0.0)
+    planner.ledger.rebind("s", call.index, others[0], 0.0)
+    after = planner.ledger.backlog(0.0)
+    assert after[call.helper] == before[call.helper]
+    moved = before[call.actor] - after[call.actor]
+    assert moved > 0 and moved == pytest.approx(after[others[0]] - before[others[0]])
 
 
 def test_a_wide_call_waits_until_its_whole_group_is_free_and_frees_it_whole():
