@@ -134,7 +134,8 @@ class EngineConfig(BaseModel):
         "off",
         description="Single-request speed-up: 'cfg-split' runs each step's guidance halves on two actors, "
         "'auto' does so only while actors are idle, 'parareal' solves the stage blocks in parallel (opt-in), "
-        "'wide' runs an idle request's steps on wide_size actors at once, each UNet call split over them.",
+        "'wide' runs an idle request's steps on wide_size actors at once, each UNet call split over them "
+        "('auto' does too, first, on actors with a GPU each: on CPU actors it is slower).",
     )
     wide_size: int = Field(
         2,
@@ -159,6 +160,20 @@ class EngineConfig(BaseModel):
     channels_last: bool = Field(False, description="Use channels_last memory format for the UNet.")
     namespace: str = Field("svdpipe", min_length=1, description="Ray namespace of the stage actors.")
     name_prefix: str = Field("svdpipe", min_length=1, description="Actor names are <prefix>-<role>-<i>.")
+
+    @property
+    def wide_steps(self) -> bool:
+        """Whether requests may run wide (the actors then form a torch.distributed group): in the 'wide' mode, and
+        in 'auto' where it pays and can run: one GPU per actor (NCCL), a group's worth of actors, no gloo
+        transport (whose group claims the same torch.distributed state)."""
+        if self.latency_mode == "wide":
+            return True
+        return (
+            self.latency_mode == "auto"
+            and self.num_gpus_per_actor >= 1
+            and self.num_stages >= self.wide_size
+            and self.transport != "gloo"
+        )
 
     @model_validator(mode="after")
     def _cross_field(self) -> EngineConfig:

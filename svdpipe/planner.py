@@ -162,6 +162,7 @@ class Planner:
     latency_mode: LatencyMode = "off"  # single-request speed-up: CFG halves on idle actors, or parareal
     transport: Transport = "object_store"  # the hand-off transport between model actors
     wide_size: int = 2  # P: actors sharing one UNet call in the 'wide' latency mode
+    wide_in_auto: bool = False  # 'auto' gives an idle request a wide group first (EngineConfig.wide_steps)
     ledger: Ledger = field(init=False, repr=False, compare=False)  # outstanding work, from the calls' events
     dispatch: Dispatch = field(init=False, repr=False, compare=False)  # which actor runs each ready call
 
@@ -231,8 +232,10 @@ class Planner:
     def _latency(self, plan: Plan, shape: RequestShape, load: Sequence[float], alone: bool) -> Plan:
         """The latency mode's decision for this plan: parareal for a request alone on a chain of >= 2 stages;
         else CFG helpers (latency.plan_cfg_split: 'auto' only borrows actors with nothing outstanding)."""
-        if self.latency_mode == "wide":
-            return self._wide(plan, shape, load)
+        if self.latency_mode == "wide" or (self.latency_mode == "auto" and self.wide_in_auto):
+            wide = self._wide(plan, shape, load)
+            if wide.wide or self.latency_mode == "wide":
+                return wide
         if self.latency_mode == "parareal":
             if alone and len(plan.stages) > 1:
                 return dataclasses.replace(plan, parareal=True, split_reason="parareal: alone on the pipeline")

@@ -129,6 +129,7 @@ class Engine:
                 c.latency_mode,
                 self.transport,
                 c.wide_size,
+                c.wide_steps,
             )
             await self._warm_chain()
         except BaseException:

@@ -256,7 +256,7 @@ class ActorPool:
     async def _make_wide(self) -> None:
         """The 'wide' latency mode: every model actor joins one torch.distributed group (rank = its index) and its
         group of wide_size (worker.join_wide); formed whole again after a rebuild, bounded like the rest."""
-        if self.config.latency_mode != "wide":
+        if not self.config.wide_steps:
             return
         timeout_s = self.config.start_timeout_s
         address = await self._within(self.models[0].wide_address.remote(), self.config.ping_timeout_s, "answer")

@@ -57,3 +57,20 @@ def test_the_config_refuses_wide_layouts_that_cannot_run(fields, message):
     with pytest.raises(ValidationError, match=message):
         EngineConfig(latency_mode="wide", **fields)
     EngineConfig(latency_mode="wide", num_stages=4, wide_size=4)  # what does fit
+
+
+def test_auto_tries_a_wide_group_first_where_the_config_allows_it():
+    costs = CostModel(encode_s=0.1, step_s=1.0, decode_frame_s=0.1)
+    planner = Planner(4, 1, costs, latency_mode="auto", wide_size=2, wide_in_auto=True)
+    first = planner.admit("a", RequestShape(6, 4, 4), now=0.0)
+    assert first.wide == (0, 1) and not first.split
+    second = planner.admit("b", RequestShape(6, 4, 4), now=0.0)
+    assert second.wide in ((2, 3), ())  # the other group, if the first one's decode left it idle
+    if not second.wide:
+        assert "wide" not in second.split_reason
+    plain = Planner(4, 1, costs, latency_mode="auto").admit("c", RequestShape(6, 4, 4), now=0.0)
+    assert not plain.wide and plain.split  # without wide_in_auto: CFG halves on idle actors, as before
+    assert EngineConfig(latency_mode="auto", num_stages=4, num_gpus_per_actor=1).wide_steps
+    assert not EngineConfig(latency_mode="auto", num_stages=4).wide_steps  # CPU actors: slower, not used
+    assert not EngineConfig(latency_mode="auto", num_stages=4, num_gpus_per_actor=0.5).wide_steps
+    assert EngineConfig(latency_mode="wide", num_stages=2).wide_steps
