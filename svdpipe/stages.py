@@ -111,6 +111,14 @@ def _check_time_embedding(model: SVDModel, num_ids: int) -> None:
         raise ValueError("the UNet config's added time embedding does not take SVD's 3 conditioning ids")
 
 
+def check_steps(state: RequestState, steps: range) -> None:
+    """A stage's steps must start where the request's state is and end within its schedule."""
+    if state.step != steps.start:
+        raise RuntimeError(f"request {state.request_id} is at step {state.step}, stage expects {steps.start}")
+    if steps.stop > state.num_steps:
+        raise RuntimeError(f"step range {steps} exceeds the request's {state.num_steps} steps")
+
+
 @torch.no_grad()
 def denoise(
     model: SVDModel,
@@ -119,10 +127,7 @@ def denoise(
     on_step: StepCallback | None = None,
 ) -> RequestState:
     """Run denoising steps [start, stop) on `state`, which must be at `start`; returns a fresh state."""
-    if state.step != steps.start:
-        raise RuntimeError(f"request {state.request_id} is at step {state.step}, stage expects {steps.start}")
-    if steps.stop > state.num_steps:
-        raise RuntimeError(f"step range {steps} exceeds the request's {state.num_steps} steps")
+    check_steps(state, steps)
     state = state.to(model.device)
     do_cfg = state.params.do_classifier_free_guidance
     latents = state.latents
@@ -182,10 +187,7 @@ def denoise_split(
     """
     if not state.params.do_classifier_free_guidance:
         raise RuntimeError(f"request {state.request_id} has no guidance halves to split (max_guidance_scale <= 1)")
-    if state.step != steps.start:
-        raise RuntimeError(f"request {state.request_id} is at step {state.step}, stage expects {steps.start}")
-    if steps.stop > state.num_steps:
-        raise RuntimeError(f"step range {steps} exceeds the request's {state.num_steps} steps")
+    check_steps(state, steps)
     state = state.to(model.device)
     latents = state.latents
     sigmas = torch.tensor(state.sigmas, dtype=torch.float32)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from svdpipe import device, sampler
+from svdpipe.stages import check_steps
 from svdpipe.wide.splits import FrameShard
 from svdpipe.wide.unet import gather_frames, wide_unet_forward
 
@@ -33,10 +34,7 @@ def denoise_wide(
 ) -> RequestState:
     """Run steps [start, stop) of `state` (at `start`, whole on every rank) with this rank's share of each UNet
     call; every rank of `comm` calls this together and gets the same whole state back."""
-    if state.step != steps.start:
-        raise RuntimeError(f"request {state.request_id} is at step {state.step}, stage expects {steps.start}")
-    if steps.stop > state.num_steps:
-        raise RuntimeError(f"step range {steps} exceeds the request's {state.num_steps} steps")
+    check_steps(state, steps)
     state = state.to(model.device)
     do_cfg = state.params.do_classifier_free_guidance
     frames = state.params.num_frames

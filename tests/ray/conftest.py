@@ -121,3 +121,21 @@ def serving(config: Any, name: str):
             yield client, port
     finally:
         serve.shutdown()
+
+
+def single_process_frames(png: bytes, requests: list[Any]) -> list[Any]:
+    """Each request's frames from the single-process pipeline on one torch thread, as the actors run (the same
+    reduction order, so the same bits where the split changes nothing)."""
+    import torch
+
+    from svdpipe.config import EngineConfig
+    from svdpipe.images import load_image
+    from svdpipe.local import LocalPipeline
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        local = LocalPipeline(EngineConfig(num_stages=1))
+        return [local.generate(load_image(png), p).frames for p in requests]
+    finally:
+        torch.set_num_threads(threads)

@@ -8,14 +8,11 @@ import io
 
 import numpy as np
 import pytest
-import torch
 
-from svdpipe.config import EngineConfig, VideoParams
-from svdpipe.images import load_image
-from svdpipe.local import LocalPipeline
+from svdpipe.config import VideoParams
 from svdpipe.planner import CostModel
 from svdpipe.video import encode_video
-from tests.ray.conftest import decoded, running_engine
+from tests.ray.conftest import decoded, running_engine, single_process_frames
 
 # Different seeds, step counts, frame counts, sizes, guidance and decode chunks, all in flight together.
 REQUESTS = [
@@ -30,14 +27,7 @@ REQUESTS = [
 
 @pytest.fixture(scope="module")
 def expected(png) -> list[np.ndarray]:
-    # The actors run torch with one thread; so does the reference, so reductions happen in the same order.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        local = LocalPipeline(EngineConfig(num_stages=1))
-        return [local.generate(load_image(png), p).frames for p in REQUESTS]
-    finally:
-        torch.set_num_threads(threads)
+    return single_process_frames(png, REQUESTS)
 
 
 def run_all(aloop, engine, png, fmt="npy"):

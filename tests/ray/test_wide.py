@@ -9,12 +9,9 @@ import io
 
 import numpy as np
 import pytest
-import torch
 
-from svdpipe.config import EngineConfig, VideoParams
-from svdpipe.images import load_image
-from svdpipe.local import LocalPipeline
-from tests.ray.conftest import running_engine
+from svdpipe.config import VideoParams
+from tests.ray.conftest import running_engine, single_process_frames
 
 # Uneven frame shards over 2 and 3 ranks, guidance on and off. Within 1e-5 is fp32's floor for these requests,
 # not a loose bound: the plain single-process pipeline on 2 torch threads instead of 1 moves their frames by
@@ -28,13 +25,7 @@ REQUESTS = [
 
 @pytest.fixture(scope="module")
 def expected(png) -> list[np.ndarray]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        local = LocalPipeline(EngineConfig(num_stages=1))
-        return [local.generate(load_image(png), p).frames for p in REQUESTS]
-    finally:
-        torch.set_num_threads(threads)
+    return single_process_frames(png, REQUESTS)
 
 
 @pytest.mark.parametrize(("num_stages", "wide_size"), [(3, 3), (3, 2)])
