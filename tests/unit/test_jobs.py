@@ -61,7 +61,9 @@ class FakeEngine:
         finally:
             self.running.discard(request_id)
         video = SimpleNamespace(data=f"video:{request_id}:{params.seed}".encode(), trace=(), path=None)
-        return SimpleNamespace(video=video, timings=[], latency_s=0.0, split=self.split, parareal=self.parareal)
+        return SimpleNamespace(
+            video=video, timings=[], latency_s=0.0, split=self.split, parareal=self.parareal, plan=None
+        )
 
     def cancel(self, request_id: str) -> bool:
         if request_id in self.running:

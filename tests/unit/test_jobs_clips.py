@@ -72,7 +72,7 @@ class ClipEngine(FakeEngine):
         video = work / "video.mp4"
         video.write_bytes(b"".join((work / f"clip-{k}.done").read_bytes() + b";" for k in range(clips)))
         data = SimpleNamespace(data=b"", path=str(video), trace=())
-        return SimpleNamespace(video=data, timings=[], latency_s=0.0, split=False, parareal=None)
+        return SimpleNamespace(video=data, timings=[], latency_s=0.0, split=False, parareal=None, plan=None)
 
 
 async def _gone(path: Path, timeout_s: float = 5.0) -> bool:
