@@ -64,8 +64,8 @@ class Layout:
     latency_mode: str = "off"
     max_inflight: int = 16  # per pipeline (EngineConfig.max_inflight)
     parareal_max_iters: int | None = None
-    wide_size: int = 2  # P of the 'wide' latency mode (EngineConfig.wide_size)
     name_prefix: str = "sim"
+    wide_size: int = 2  # P of the 'wide' latency mode (EngineConfig.wide_size)
 
     def __post_init__(self) -> None:
         if min(self.actors, self.mux_actors, self.replicas, self.max_inflight) < 1:
